@@ -1,0 +1,56 @@
+"""The pre-norm residual cluster block of FEC (spec §2)."""
+import torch
+import torch.nn as nn
+from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from torch import Tensor
+
+from .cluster_encoder import ClusterEncoder
+
+
+class ChannelsLastMlp(nn.Module):
+    """Linear(C, r·C) -> act -> Linear(r·C, C) applied over the channels of a map."""
+
+    def __init__(self, channels: int, hidden_channels: int, act_cfg: dict) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(channels, hidden_channels)
+        self.act = build_activation_layer(act_cfg)
+        self.fc2 = nn.Linear(hidden_channels, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x.permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
+
+
+class ClusterBlock(nn.Module):
+    """x + DropPath(ls1 · Mixer(GN(x))), then x + DropPath(ls2 · MLP(GN(x))).
+
+    Args:
+        channels (int): C.
+        heads (int): Heads of the mixer.
+        head_dim (int): Channels per head.
+        mlp_ratio (int): Hidden width of the MLP is ``mlp_ratio · C``.
+        num_centers (int): Centers per side of each region.
+        fold (int): Regions per side.
+        drop_path (float): Drop-path rate of this block.
+        layer_scale_init (float): Initial layer scale.
+        norm_cfg (dict): Pre-norm config.
+        act_cfg (dict): MLP activation config.
+        ops_impl (str): Implementation of the clustering op.
+    """
+
+    def __init__(self, channels: int, heads: int, head_dim: int, mlp_ratio: int,
+                 num_centers: int, fold: int, drop_path: float = 0.,
+                 layer_scale_init: float = 1e-5, norm_cfg: dict = dict(type='GN', num_groups=1),
+                 act_cfg: dict = dict(type='GELU'), ops_impl: str = 'auto') -> None:
+        super().__init__()
+        self.norm1 = build_norm_layer(norm_cfg, channels)[1]
+        self.token_mixer = ClusterEncoder(channels, heads, head_dim, num_centers, fold, ops_impl)
+        self.norm2 = build_norm_layer(norm_cfg, channels)[1]
+        self.mlp = ChannelsLastMlp(channels, mlp_ratio * channels, act_cfg)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.layer_scale_1 = nn.Parameter(torch.full((channels,), layer_scale_init))
+        self.layer_scale_2 = nn.Parameter(torch.full((channels,), layer_scale_init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.layer_scale_1[:, None, None] * self.token_mixer(self.norm1(x)))
+        return x + self.drop_path(self.layer_scale_2[:, None, None] * self.mlp(self.norm2(x)))

@@ -1,0 +1,51 @@
+"""Clustering-based feature encoding, the token mixer of FEC (spec §2)."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..ops import cluster_encode
+from .region_partition import map_to_points, points_to_map
+
+
+class ClusterEncoder(nn.Module):
+    """Cluster the points of each region around pooled centers and dispatch
+    each cluster's aggregate back to its members.
+
+    Args:
+        channels (int): Input and output channels C.
+        heads (int): Heads h; each clusters its own d channels.
+        head_dim (int): Channels d per head.
+        num_centers (int): Centers per side of each region (M = num_centers²).
+        fold (int): Regions per side (fold² regions clustered independently).
+        ops_impl (str): Implementation of the clustering op, see
+            :func:`fec_mm.ops.cluster_encode`.
+    """
+
+    def __init__(self, channels: int, heads: int, head_dim: int, num_centers: int,
+                 fold: int, ops_impl: str = 'auto') -> None:
+        super().__init__()
+        self.heads = heads
+        self.num_centers = num_centers
+        self.fold = fold
+        self.ops_impl = ops_impl
+        # Names follow the authors' checkpoints.
+        self.f = nn.Conv2d(channels, heads * head_dim, 1)
+        self.v = nn.Conv2d(channels, heads * head_dim, 1)
+        self.proj = nn.Conv2d(heads * head_dim, channels, 1)
+        self.sim_alpha = nn.Parameter(torch.ones(1))
+        self.sim_beta = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, C, H, W); H and W divisible by ``fold``."""
+        points, layout = map_to_points(self.f(x), self.heads, self.fold)
+        values, _ = map_to_points(self.v(x), self.heads, self.fold)
+        _, _, d, _, h, w = layout
+        size = (self.num_centers, self.num_centers)
+        centers = F.adaptive_avg_pool2d(
+            points.transpose(1, 2).reshape(-1, d, h, w), size).flatten(2).transpose(1, 2)
+        value_centers = F.adaptive_avg_pool2d(
+            values.transpose(1, 2).reshape(-1, d, h, w), size).flatten(2).transpose(1, 2)
+        out = cluster_encode(points, values, centers, value_centers,
+                             self.sim_alpha, self.sim_beta, impl=self.ops_impl)
+        return self.proj(points_to_map(out, layout))

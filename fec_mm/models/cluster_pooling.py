@@ -1,0 +1,50 @@
+"""Clustering-based feature pooling, the downsampling between stages (spec §2)."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import build_norm_layer
+from torch import Tensor
+
+from ..ops import cluster_pool
+from .region_partition import map_to_points, points_to_map
+
+
+class ClusterPooling(nn.Module):
+    """Halve the resolution by clustering each region around its 2×2-pooled
+    centers; the cluster representatives are the downsampled map.
+
+    ``conv_f`` only chooses the assignment (an argmax), so it never gets a
+    gradient: as in the authors' training it keeps its initial values. It is
+    marked as not requiring grad, so DDP needs no ``find_unused_parameters``.
+
+    Args:
+        in_channels (int): C_k.
+        out_channels (int): C_{k+1}.
+        fold (int): Regions per side (the next stage's fold).
+        norm_cfg (dict): Norm after the pooling.
+        ops_impl (str): Implementation of the clustering op.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, fold: int,
+                 norm_cfg: dict, ops_impl: str = 'auto') -> None:
+        super().__init__()
+        self.fold = fold
+        self.ops_impl = ops_impl
+        self.conv_skip = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+        self.conv_f = nn.Conv2d(in_channels, out_channels, 1)
+        self.conv_v = nn.Conv2d(in_channels, out_channels, 1)
+        self.conv_f.requires_grad_(False)
+        self.norm = build_norm_layer(norm_cfg, out_channels)[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C_k, H, W) -> (B, C_{k+1}, H/2, W/2); H, W divisible by 2·fold."""
+        with torch.no_grad():
+            points, layout = map_to_points(self.conv_f(x), 1, self.fold)
+        values, _ = map_to_points(self.conv_v(x), 1, self.fold)
+        B, _, d, fold, h, w = layout
+        centers = F.avg_pool2d(points.transpose(1, 2).reshape(-1, d, h, w), 2)
+        value_centers = F.avg_pool2d(values.transpose(1, 2).reshape(-1, d, h, w), 2)
+        pooled = cluster_pool(points, values, centers.flatten(2).transpose(1, 2),
+                              value_centers.flatten(2).transpose(1, 2), impl=self.ops_impl)
+        pooled = points_to_map(pooled, (B, 1, d, fold, h // 2, w // 2))
+        return self.conv_skip(x) + self.norm(pooled)

@@ -1,0 +1,262 @@
+"""FEC: Feature Extraction with Clustering (Chen et al., CVPR 2024).
+
+"Neural Clustering based Visual Representation Learning", arXiv 2403.17409.
+One backbone class for every size and task; see ``shared/FEC_SPEC.md``.
+"""
+import math
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from mmengine.registry import MODELS
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..ops import IMPLS
+from .checkpoint import load_fec_checkpoint
+from .cluster_block import ClusterBlock
+from .cluster_pooling import ClusterPooling
+
+NUM_STAGES = 4
+IntOrSeq = Union[int, Sequence[int]]
+
+
+class PointReducer(nn.Module):
+    """Input embedding (spec §1): append the two position channels, then a
+    4×4 stride-4 convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels + 2, out_channels, 4, stride=4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, _, H, W = x.shape
+        rows = torch.arange(H, device=x.device, dtype=x.dtype) / (H - 1) - 0.5
+        cols = torch.arange(W, device=x.device, dtype=x.dtype) / (W - 1) - 0.5
+        pos = torch.stack(torch.meshgrid(rows, cols, indexing='ij'))
+        return self.proj(torch.cat([x, pos.expand(B, -1, -1, -1)], dim=1))
+
+
+def _per_stage(name: str, value: IntOrSeq) -> Tuple[int, ...]:
+    values = (value,) * NUM_STAGES if isinstance(value, int) else tuple(value)
+    if len(values) != NUM_STAGES or not all(isinstance(v, int) and v > 0 for v in values):
+        raise ValueError(f'FEC: {name} must be a positive int or {NUM_STAGES} positive ints '
+                         f'(one per stage), got {value!r}')
+    return values
+
+
+@MODELS.register_module()
+class FEC(BaseModule):
+    """FEC backbone.
+
+    Registered in ``mmengine.registry.MODELS``, which the registries of
+    mmpretrain, mmdet and mmseg fall back to, so ``dict(type='FEC')`` builds
+    in all three after ``custom_imports=dict(imports=['fec_mm'])``.
+
+    Args:
+        arch (str | dict): 'small', 'base', 'large', or a dict with keys
+            ``depths``, ``widths``, ``heads`` (4 ints each), ``head_dim`` and
+            optionally ``mlp_ratios`` (default (8, 8, 4, 4)). Default 'small'.
+        in_channels (int): Image channels; two position channels are
+            appended. Default 3.
+        num_centers (int | Sequence[int]): Centers per side of each region,
+            per stage. Authors' settings: classification (4, 4, 2, 2),
+            segmentation (10, 10, 5, 5), detection (7, 7, 7, 7).
+            Default (4, 4, 2, 2).
+        folds (int | Sequence[int]): Regions per side, per stage (the pooling
+            into stage k uses stage k's fold). Detection: (2, 2, 1, 1).
+            Default (1, 1, 1, 1).
+        out_indices (int | Sequence[int]): Stages whose (normed) maps are
+            returned; negatives count from the end. Default (0, 1, 2, 3).
+        frozen_stages (int): Stages 0..frozen_stages (and the stem) are
+            frozen; -1 freezes nothing. Default -1.
+        drop_path_rate (float): Drop-path rate of the last block, growing
+            linearly from 0. Default 0.
+        layer_scale_init (float): Initial layer scale. Default 1e-5.
+        norm_cfg (dict): Norm of blocks, poolings and outputs. Default
+            ``dict(type='GN', num_groups=1)``.
+        act_cfg (dict): MLP activation. Default ``dict(type='GELU')``.
+        norm_eval (bool): Keep BatchNorm layers (if ``norm_cfg`` makes any)
+            in eval mode while training. Default False.
+        with_cp (bool): Gradient checkpointing of each block. Default False.
+        ops_impl (str): Implementation of the clustering ops: 'auto',
+            'reference', 'cpu' or 'triton'. Default 'auto'.
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...,
+            prefix=None)`` loads our checkpoints and the authors' layout
+            (see :func:`fec_mm.models.checkpoint.load_fec_checkpoint`).
+    """
+
+    arch_settings: Dict[str, dict] = {
+        'small': dict(depths=(3, 4, 5, 2), widths=(32, 64, 196, 320),
+                      heads=(4, 4, 8, 8), head_dim=24),
+        'base': dict(depths=(2, 2, 6, 2), widths=(64, 128, 320, 512),
+                     heads=(4, 4, 8, 8), head_dim=32),
+        'large': dict(depths=(4, 4, 12, 4), widths=(64, 128, 320, 512),
+                      heads=(6, 6, 12, 12), head_dim=32),
+    }
+    default_mlp_ratios = (8, 8, 4, 4)
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'small',
+                 in_channels: int = 3,
+                 num_centers: IntOrSeq = (4, 4, 2, 2),
+                 folds: IntOrSeq = (1, 1, 1, 1),
+                 out_indices: IntOrSeq = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 drop_path_rate: float = 0.,
+                 layer_scale_init: float = 1e-5,
+                 norm_cfg: dict = dict(type='GN', num_groups=1),
+                 act_cfg: dict = dict(type='GELU'),
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 ops_impl: str = 'auto',
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.arch = self._parse_arch(arch)
+        self.num_centers = _per_stage('num_centers', num_centers)
+        self.folds = _per_stage('folds', folds)
+        self.out_indices = self._parse_out_indices(out_indices)
+        if not -1 <= frozen_stages < NUM_STAGES:
+            raise ValueError(f'FEC: frozen_stages must be in [-1, {NUM_STAGES - 1}], '
+                             f'got {frozen_stages}')
+        if ops_impl not in IMPLS:
+            raise ValueError(f'FEC: unknown ops_impl {ops_impl!r}; valid ones are {IMPLS}')
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+        self.in_channels = in_channels
+        # Stages after the last requested output would hold unused parameters.
+        self.num_stages = max(self.out_indices) + 1
+        self.size_divisor = math.lcm(32, *(4 * 2**k * fold for k, fold in enumerate(self.folds)))
+
+        depths, widths = self.arch['depths'], self.arch['widths']
+        self.patch_embed = PointReducer(in_channels, widths[0])
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.stages = nn.ModuleList()
+        self.cluster_poolings = nn.ModuleList()
+        for k in range(self.num_stages):
+            if k > 0:
+                self.cluster_poolings.append(ClusterPooling(
+                    widths[k - 1], widths[k], self.folds[k], norm_cfg, ops_impl))
+            first = sum(depths[:k])
+            self.stages.append(nn.Sequential(*[
+                ClusterBlock(widths[k], self.arch['heads'][k], self.arch['head_dim'],
+                             self.arch['mlp_ratios'][k], self.num_centers[k], self.folds[k],
+                             rates[first + j], layer_scale_init, norm_cfg, act_cfg, ops_impl)
+                for j in range(depths[k])]))
+        for k in self.out_indices:
+            self.add_module(f'norm{k}', build_norm_layer(norm_cfg, widths[k])[1])
+        self.apply(self._init_default)
+        self._freeze_stages()
+
+    def _parse_arch(self, arch: Union[str, dict]) -> dict:
+        if isinstance(arch, str):
+            if arch not in self.arch_settings:
+                raise ValueError(f'FEC: unknown arch {arch!r}; valid ones are '
+                                 f'{sorted(self.arch_settings)} or a dict with keys '
+                                 'depths, widths, heads, head_dim')
+            arch = self.arch_settings[arch]
+        if not isinstance(arch, dict):
+            raise TypeError(f'FEC: arch must be a str or dict, got {type(arch).__name__}')
+        missing = {'depths', 'widths', 'heads', 'head_dim'} - set(arch)
+        if missing:
+            raise ValueError(f'FEC: custom arch misses {sorted(missing)}')
+        arch = dict(arch)
+        arch.setdefault('mlp_ratios', self.default_mlp_ratios)
+        for key in ('depths', 'widths', 'heads', 'mlp_ratios'):
+            arch[key] = _per_stage(f'arch[{key!r}]', arch[key])
+        return arch
+
+    @staticmethod
+    def _parse_out_indices(out_indices: IntOrSeq) -> Tuple[int, ...]:
+        out_indices = (out_indices,) if isinstance(out_indices, int) else tuple(out_indices)
+        if not out_indices:
+            raise ValueError('FEC: out_indices is empty')
+        parsed = []
+        for i in out_indices:
+            if not -NUM_STAGES <= i < NUM_STAGES:
+                raise ValueError(f'FEC: out_indices must be in [-{NUM_STAGES}, '
+                                 f'{NUM_STAGES - 1}], got {i}')
+            parsed.append(i % NUM_STAGES)
+        return tuple(sorted(set(parsed)))
+
+    @staticmethod
+    def _init_default(m: nn.Module) -> None:
+        # As the authors: truncated normal (std .02) weights, zero biases.
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def init_weights(self) -> None:
+        """Load ``init_cfg=dict(type='Pretrained', ...)`` through the FEC
+        loader (authors' layout, key report); other init_cfgs as mmengine."""
+        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
+            load_fec_checkpoint(self, self.init_cfg['checkpoint'],
+                                prefix=self.init_cfg.get('prefix'))
+            self._is_init = True
+            return
+        super().init_weights()
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        frozen = [self.patch_embed]
+        for k in range(min(self.frozen_stages + 1, self.num_stages)):
+            frozen.append(self.stages[k])
+            if k > 0:
+                frozen.append(self.cluster_poolings[k - 1])
+            if k in self.out_indices:
+                frozen.append(getattr(self, f'norm{k}'))
+        for module in frozen:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'FEC':
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f'FEC expects images of shape (B, {self.in_channels}, H, W), '
+                             f'got {tuple(x.shape)}')
+        H, W = x.shape[-2:]
+        if H % self.size_divisor or W % self.size_divisor:
+            raise ValueError(
+                f'FEC needs input height and width divisible by {self.size_divisor} '
+                f'(4 strided stages and folds {self.folds}), got {H}x{W}. Pad the '
+                f'input, e.g. size_divisor={self.size_divisor} in the data preprocessor.')
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """Args:
+            x (Tensor): (B, in_channels, H, W), H and W divisible by
+                ``self.size_divisor``.
+
+        Returns:
+            tuple[Tensor]: for each index in ``out_indices``, the normed map of
+            that stage, (B, widths[k], H / 2^(k+2), W / 2^(k+2)).
+        """
+        self._check_input(x)
+        x = self.patch_embed(x)
+        outs = []
+        for k in range(self.num_stages):
+            if k > 0:
+                x = self.cluster_poolings[k - 1](x)
+            for block in self.stages[k]:
+                if self.with_cp and self.training and x.requires_grad:
+                    x = cp.checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
+            if k in self.out_indices:
+                outs.append(getattr(self, f'norm{k}')(x))
+        return tuple(outs)

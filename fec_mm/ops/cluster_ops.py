@@ -1,0 +1,126 @@
+"""Public API of the clustering ops: one function per op, one dispatch.
+
+Every function takes ``impl='auto'|'reference'|'cpu'|'triton'``. The
+reference (``reference.py``) is always available; fused implementations are
+registered in ``_IMPLS`` by their modules when they can run.
+"""
+from typing import Callable, Dict, Tuple
+
+from torch import Tensor
+
+from . import reference
+
+IMPLS = ('auto', 'reference', 'cpu', 'triton')
+
+# op name -> impl name -> callable. Filled below for the reference and by the
+# kernel modules for theirs.
+_IMPLS: Dict[str, Dict[str, Callable]] = {
+    'cluster_assign': {'reference': reference.cluster_assign_reference},
+    'cluster_encode': {'reference': reference.cluster_encode_reference},
+    'cluster_pool': {'reference': reference.cluster_pool_reference},
+}
+
+
+def _check_inputs(op: str, points: Tensor, centers: Tensor, *pairs: Tuple[str, Tensor]) -> None:
+    """Raise a ValueError naming the argument whose shape/dtype/device is off."""
+    named = [('points', points), ('centers', centers), *pairs]
+    for name, t in named:
+        if t.dim() != 3:
+            raise ValueError(f'{op}: {name} must be 3-D (R, *, d), got shape {tuple(t.shape)}')
+    R, N, d = points.shape
+    M = centers.shape[1]
+    expected = {'points': (R, N, d), 'values': (R, N, d),
+                'centers': (R, M, d), 'value_centers': (R, M, d)}
+    for name, t in named:
+        if tuple(t.shape) != expected[name]:
+            raise ValueError(f'{op}: {name} has shape {tuple(t.shape)}, expected '
+                             f'{expected[name]} from points {tuple(points.shape)} and '
+                             f'centers {tuple(centers.shape)}')
+        if t.dtype != points.dtype:
+            raise ValueError(f'{op}: {name} has dtype {t.dtype}, points have {points.dtype}')
+        if t.device != points.device:
+            raise ValueError(f'{op}: {name} is on {t.device}, points are on {points.device}')
+    if not points.is_floating_point():
+        raise ValueError(f'{op}: expected floating-point tensors, got {points.dtype}')
+    if M == 0 or N == 0:
+        raise ValueError(f'{op}: need at least one point and one center, got N={N}, M={M}')
+
+
+def _check_scalar(op: str, name: str, t: Tensor, points: Tensor) -> None:
+    if t.numel() != 1:
+        raise ValueError(f'{op}: {name} must hold one value, got shape {tuple(t.shape)}')
+    if t.device != points.device:
+        raise ValueError(f'{op}: {name} is on {t.device}, points are on {points.device}')
+
+
+def resolve_impl(op: str, impl: str, device_type: str) -> Callable:
+    """Return the callable of ``op`` for ``impl`` on ``device_type``.
+
+    'auto' picks the fastest registered implementation for the device and
+    falls back to the reference.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f'{op}: unknown impl {impl!r}; valid ones are {IMPLS}')
+    impls = _IMPLS[op]
+    if impl == 'auto':
+        preferred = ('triton', 'reference') if device_type == 'cuda' else ('cpu', 'reference')
+        impl = next(name for name in preferred if name in impls)
+    if impl not in impls:
+        raise RuntimeError(f'{op}: implementation {impl!r} is not available here '
+                           f'(available: {sorted(impls)})')
+    return impls[impl]
+
+
+def cluster_assign(points: Tensor, centers: Tensor, impl: str = 'auto') -> Tuple[Tensor, Tensor]:
+    """Cosine-similarity argmax of each point over the centers.
+
+    Args:
+        points (Tensor): (R, N, d).
+        centers (Tensor): (R, M, d).
+        impl (str): 'auto', 'reference', 'cpu' or 'triton'.
+
+    Returns:
+        tuple[Tensor, Tensor]: index (R, N) int64 (ties to the lowest index)
+        and cos (R, N), the similarity to the chosen center.
+    """
+    _check_inputs('cluster_assign', points, centers)
+    return resolve_impl('cluster_assign', impl, points.device.type)(points, centers)
+
+
+def cluster_encode(points: Tensor, values: Tensor, centers: Tensor, value_centers: Tensor,
+                   alpha: Tensor, beta: Tensor, impl: str = 'auto') -> Tensor:
+    """Clustering-based feature encoding (FEC_SPEC.md §2, mixer steps 4-7).
+
+    Args:
+        points, values (Tensor): (R, N, d).
+        centers, value_centers (Tensor): (R, M, d).
+        alpha, beta (Tensor): one-element learnable scalars.
+        impl (str): 'auto', 'reference', 'cpu' or 'triton'.
+
+    Returns:
+        Tensor: (R, N, d), s[a(n), n] · g_{a(n)} for every point.
+    """
+    _check_inputs('cluster_encode', points, centers, ('values', values),
+                  ('value_centers', value_centers))
+    _check_scalar('cluster_encode', 'alpha', alpha, points)
+    _check_scalar('cluster_encode', 'beta', beta, points)
+    return resolve_impl('cluster_encode', impl, points.device.type)(
+        points, values, centers, value_centers, alpha, beta)
+
+
+def cluster_pool(points: Tensor, values: Tensor, centers: Tensor, value_centers: Tensor,
+                 impl: str = 'auto') -> Tensor:
+    """Clustering-based feature pooling (FEC_SPEC.md §2, cluster pooling).
+
+    Args:
+        points, values (Tensor): (R, N, d).
+        centers, value_centers (Tensor): (R, M, d).
+        impl (str): 'auto', 'reference', 'cpu' or 'triton'.
+
+    Returns:
+        Tensor: (R, M, d), (vcenter_m + Σ_{a(n)=m} v_n) / (1 + count_m).
+    """
+    _check_inputs('cluster_pool', points, centers, ('values', values),
+                  ('value_centers', value_centers))
+    return resolve_impl('cluster_pool', impl, points.device.type)(
+        points, values, centers, value_centers)

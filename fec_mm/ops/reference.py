@@ -1,0 +1,111 @@
+"""Readable PyTorch reference of the clustering steps (FEC_SPEC.md §2).
+
+These functions are the test oracle and the fallback of every fused kernel.
+They keep the maths in plain tensor operations, but never build a tensor of
+size M×N×d: dispatch is a gather and aggregation an index-add, so their memory
+is O(M·N) for the similarity matrix plus O(N·d).
+
+Shapes (tensors flattened over batch·heads·regions = R):
+    points        (R, N, d)  features the similarity is computed on
+    values        (R, N, d)  features that are aggregated
+    centers       (R, M, d)  pooled ``points``
+    value_centers (R, M, d)  pooled ``values``
+"""
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def cosine_similarity_matrix(centers: Tensor, points: Tensor) -> Tensor:
+    """Cosine similarity of every center with every point.
+
+    Normalisation clamps norms at 1e-12 (as ``F.normalize``), so a zero
+    vector has similarity 0 with everything.
+
+    Returns:
+        Tensor: (R, M, N).
+    """
+    return torch.bmm(F.normalize(centers, dim=-1),
+                     F.normalize(points, dim=-1).transpose(1, 2))
+
+
+def _aggregate(values: Tensor, value_centers: Tensor, index: Tensor) -> Tensor:
+    """g_m = (vcenter_m + Σ_{a(n)=m} v_n) / (1 + #{n: a(n)=m}) (spec §2 step 6).
+
+    Returns:
+        Tensor: (R, M, d).
+    """
+    R, N, d = values.shape
+    M = value_centers.shape[1]
+    # Flatten (region, center) so that one index_add covers all regions.
+    flat_index = (index + torch.arange(R, device=index.device)[:, None] * M).reshape(-1)
+    sums = values.new_zeros(R * M, d).index_add(0, flat_index, values.reshape(R * N, d))
+    counts = values.new_zeros(R * M).index_add(
+        0, flat_index, values.new_ones(R * N))
+    return (value_centers + sums.view(R, M, d)) / (1.0 + counts.view(R, M, 1))
+
+
+def _gather_centers(per_center: Tensor, index: Tensor) -> Tensor:
+    """Row ``index[r, n]`` of ``per_center[r]`` for every point: (R, N, d)."""
+    R, M, d = per_center.shape
+    flat_index = (index + torch.arange(R, device=index.device)[:, None] * M).reshape(-1)
+    return per_center.reshape(R * M, d).index_select(0, flat_index).view(*index.shape, d)
+
+
+def cluster_assign_reference(points: Tensor, centers: Tensor) -> Tuple[Tensor, Tensor]:
+    """Assign each point to the center of highest cosine similarity.
+
+    Args:
+        points (Tensor): (R, N, d).
+        centers (Tensor): (R, M, d).
+
+    Returns:
+        tuple[Tensor, Tensor]: ``index`` (R, N) int64, ties to the lowest
+        center index, and ``cos`` (R, N), the similarity to that center.
+    """
+    cos = cosine_similarity_matrix(centers, points)
+    index = cos.argmax(dim=1)
+    return index, cos.gather(1, index[:, None]).squeeze(1)
+
+
+def cluster_encode_reference(points: Tensor, values: Tensor, centers: Tensor,
+                             value_centers: Tensor, alpha: Tensor,
+                             beta: Tensor) -> Tensor:
+    """Clustering-based feature encoding, steps 4-7 of the mixer (spec §2).
+
+    s[m, n] = sigmoid(β + α·cos(center_m, f_n)); a(n) = argmax_m s[m, n];
+    out_n = s[a(n), n] · g_{a(n)}. Because sigmoid is increasing, the argmax
+    of s is the argmax of α·cos, which is what is computed (ties to the
+    lowest index, also when α = 0 makes every s equal).
+
+    Args:
+        points, values (Tensor): (R, N, d).
+        centers, value_centers (Tensor): (R, M, d).
+        alpha, beta (Tensor): learnable scalars, shape (1,) or ().
+
+    Returns:
+        Tensor: (R, N, d).
+    """
+    scaled = alpha * cosine_similarity_matrix(centers, points)
+    index = scaled.argmax(dim=1)
+    sim = torch.sigmoid(beta + scaled.gather(1, index[:, None]).squeeze(1))
+    g = _aggregate(values, value_centers, index)
+    return sim[..., None] * _gather_centers(g, index)
+
+
+def cluster_pool_reference(points: Tensor, values: Tensor, centers: Tensor,
+                           value_centers: Tensor) -> Tensor:
+    """Clustering-based feature pooling (spec §2, cluster pooling).
+
+    Points join the center of highest plain cosine similarity; each center's
+    representative is (vcenter_m + Σ v_n) / (1 + count). ``points`` and
+    ``centers`` only pick the assignment, so they receive no gradient.
+
+    Returns:
+        Tensor: (R, M, d).
+    """
+    with torch.no_grad():
+        index, _ = cluster_assign_reference(points, centers)
+    return _aggregate(values, value_centers, index)
