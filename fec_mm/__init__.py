@@ -1,8 +1,13 @@
 """fec-mm: FEC backbones for mmpretrain, mmdet and mmseg.
 
 ``custom_imports=dict(imports=['fec_mm'])`` registers ``FEC`` in
-``mmengine.registry.MODELS``, found by all three libraries' registries.
+``mmengine.registry.MODELS``, which the registries of all three libraries
+fall back to. ``fec_mm.ops`` needs torch alone, so on a machine without
+mmengine and mmcv (e.g. a bare GPU box testing kernels) only the ops load.
 """
-from .models import FEC  # noqa: F401
+from importlib.util import find_spec
 
 __version__ = '0.1.0'
+
+if find_spec('mmengine') is not None and find_spec('mmcv') is not None:
+    from .models import FEC  # noqa: F401  (registers FEC)
