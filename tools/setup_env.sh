@@ -24,7 +24,8 @@ PIP=("$PY" -m pip install --disable-pip-version-check -q)
 # Stamp: skip everything when requirements and setup files have not changed
 # and the environment still imports.
 STAMP="$VENV/.fec_mm_setup_stamp"
-HASH=$(cat requirements.txt setup.py tools/setup_env.sh fec_mm/ops/csrc/*.cpp 2>/dev/null | sha256sum | cut -d' ' -f1)
+HASH=$({ cat requirements.txt setup.py pyproject.toml tools/setup_env.sh
+          cat fec_mm/ops/csrc/* 2>/dev/null || true; } | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] \
    && "$PY" -c "import mmcv._ext, mmdet, mmseg, mmpretrain.models, fec_mm" 2>/dev/null; then
   log "environment up to date"

@@ -1,0 +1,160 @@
+"""The FEC backbone: presets, shapes, sizes, freezing, gradients (FEC_SPEC.md)."""
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from fec_mm.models import FEC
+
+SPEC_PARAMS = {'small': 5_727_528, 'base': 15_086_848, 'large': 29_720_344}
+
+
+@pytest.mark.parametrize('arch', ['small', 'base', 'large'])
+def test_param_counts_match_spec(arch):
+    backbone = FEC(arch=arch, out_indices=(3,))
+    head = nn.Linear(backbone.arch['widths'][3], 1000)
+    count = sum(p.numel() for m in (backbone, head) for p in m.parameters())
+    assert count == SPEC_PARAMS[arch]
+
+
+@pytest.mark.parametrize('arch,size,kwargs', [
+    ('small', (64, 64), dict(num_centers=(7, 7, 7, 7), folds=(2, 2, 1, 1))),
+    ('small', (224, 224), dict()),
+    ('small', (96, 160), dict(num_centers=(10, 10, 5, 5))),
+    ('base', (128, 64), dict(num_centers=(7, 7, 7, 7), folds=(2, 2, 1, 1))),
+    ('large', (64, 96), dict()),
+])
+def test_dense_outputs_have_widths_and_strides(arch, size, kwargs):
+    model = FEC(arch=arch, **kwargs).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, *size))
+    assert len(outs) == 4
+    for k, out in enumerate(outs):
+        stride = 2 ** (k + 2)
+        assert out.shape == (1, model.arch['widths'][k], size[0] // stride, size[1] // stride)
+        # Each output is GroupNorm(1)-normed (affine at its init: weight 1, bias 0).
+        assert out[0].mean().abs() < 1e-4 and (out[0].std(unbiased=False) - 1).abs() < 1e-3
+
+
+def test_detection_size_and_batch():
+    model = FEC(num_centers=7, folds=(2, 2, 1, 1), out_indices=(1, 3)).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(2, 3, 800, 1344))
+    assert [tuple(o.shape) for o in outs] == [(2, 64, 100, 168), (2, 320, 25, 42)]
+
+
+def test_batch_images_are_independent():
+    torch.manual_seed(0)
+    model = FEC(num_centers=7, folds=(2, 2, 1, 1)).eval()
+    x = torch.randn(3, 3, 128, 96)
+    with torch.no_grad():
+        batched = model(x)
+        alone = model(x[1:2])
+    for b, a in zip(batched, alone):
+        torch.testing.assert_close(b[1:2], a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('size,folds,divisor', [
+    ((225, 224), (1, 1, 1, 1), 32), ((224, 100), (2, 2, 1, 1), 32), ((96, 96), (2, 2, 2, 2), 64)])
+def test_bad_sizes_name_size_and_divisor(size, folds, divisor):
+    model = FEC(folds=folds)
+    assert model.size_divisor == divisor
+    with pytest.raises(ValueError, match=rf'divisible by {divisor}.*{size[0]}x{size[1]}'):
+        model(torch.randn(1, 3, *size))
+    with pytest.raises(ValueError, match=r'\(B, 3, H, W\)'):
+        model(torch.randn(1, 4, 64, 64))
+
+
+def test_bad_arguments_name_the_problem():
+    with pytest.raises(ValueError, match=r"unknown arch 'tiny'.*\['base', 'large', 'small'\]"):
+        FEC(arch='tiny')
+    with pytest.raises(ValueError, match='custom arch misses'):
+        FEC(arch=dict(depths=(1, 1, 1, 1)))
+    with pytest.raises(ValueError, match='num_centers'):
+        FEC(num_centers=(7, 7))
+    with pytest.raises(ValueError, match='out_indices'):
+        FEC(out_indices=(4,))
+    with pytest.raises(ValueError, match='frozen_stages'):
+        FEC(frozen_stages=4)
+    with pytest.raises(ValueError, match='ops_impl'):
+        FEC(ops_impl='cuda')
+
+
+def test_custom_arch_dict_and_negative_out_indices():
+    arch = dict(depths=(1, 1, 1, 1), widths=(16, 32, 48, 64), heads=(2, 2, 4, 4), head_dim=8)
+    model = FEC(arch=arch, out_indices=(-1, 1)).eval()
+    assert model.out_indices == (1, 3)
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [32, 64]
+
+
+def test_only_needed_stages_are_built():
+    model = FEC(out_indices=(0, 1))
+    assert len(model.stages) == 2 and len(model.cluster_poolings) == 1
+    assert not hasattr(model, 'norm2')
+
+
+def test_gradients_reach_every_trainable_parameter():
+    torch.manual_seed(0)
+    model = FEC(arch='small', num_centers=(4, 4, 2, 2), drop_path_rate=0.1).train()
+    # Larger layer scales so that every branch carries a visible gradient.
+    for name, p in model.named_parameters():
+        if 'layer_scale' in name:
+            nn.init.constant_(p, 0.5)
+    sum(o.square().mean() for o in model(torch.randn(2, 3, 64, 64))).backward()
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    # Only the pooling similarity convs are frozen: they feed an argmax (spec §2).
+    assert frozen == {f'cluster_poolings.{i}.conv_f.{w}'
+                      for i in range(3) for w in ('weight', 'bias')}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    alpha = model.stages[0][0].token_mixer.sim_alpha
+    assert alpha.grad.abs().item() > 0
+
+
+def test_frozen_stages_stay_frozen_after_train():
+    model = FEC(frozen_stages=1)
+    model.train()
+    for name, p in model.named_parameters():
+        frozen = name.startswith(('patch_embed', 'stages.0', 'stages.1', 'cluster_poolings.0',
+                                  'norm0', 'norm1'))
+        assert p.requires_grad != frozen or 'conv_f' in name, name
+    assert not model.stages[1].training and model.stages[2].training
+
+
+def test_with_cp_gives_the_same_gradients():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 64, 64)
+    grads = []
+    for with_cp in (False, True):
+        torch.manual_seed(1)
+        model = FEC(with_cp=with_cp).train()
+        sum(o.sum() for o in model(x)).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_position_channels_follow_spec():
+    model = FEC()
+    stem = model.patch_embed.proj
+    nn.init.zeros_(stem.weight)
+    nn.init.zeros_(stem.bias)
+    with torch.no_grad():
+        stem.weight[0, 3] = 1.0  # output channel 0 sums the row channel of each 4×4 patch
+        stem.weight[1, 4] = 1.0  # output channel 1 sums the column channel
+        out = model.patch_embed(torch.zeros(1, 3, 64, 96))
+    rows = torch.arange(64) / 63 - 0.5
+    cols = torch.arange(96) / 95 - 0.5
+    torch.testing.assert_close(out[0, 0, :, 0], rows.view(16, 4).sum(1) * 4)
+    torch.testing.assert_close(out[0, 1, 0, :], cols.view(24, 4).sum(1) * 4)
+
+
+def test_import_does_not_pull_downstream_libraries():
+    code = ('import sys, fec_mm; '
+            'print(sorted(m for m in ("mmdet", "mmseg", "mmpretrain") if m in sys.modules))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == '[]'

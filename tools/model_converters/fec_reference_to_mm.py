@@ -1,0 +1,52 @@
+"""Convert an FEC checkpoint of the authors' implementation to fec-mm's layout.
+
+Usage:
+    python tools/model_converters/fec_reference_to_mm.py IN.pth OUT.pth
+
+The output holds ``{'state_dict': ...}`` with the backbone under
+``backbone.`` and, for classification checkpoints, the linear head as
+``head.fc.*``, so it serves as ``load_from`` of an mmpretrain
+ImageClassifier and as ``init_cfg=dict(type='Pretrained', checkpoint=OUT)``
+of the FEC backbone in any task.
+"""
+import argparse
+import os
+import os.path as osp
+from collections import OrderedDict
+from typing import Optional, Sequence
+
+import torch
+
+from fec_mm.models.checkpoint import (
+    convert_reference_state_dict,
+    is_reference_layout,
+    read_state_dict,
+)
+
+
+def convert(src: str, dst: str) -> int:
+    """Convert ``src`` and save it to ``dst``; returns the number of tensors."""
+    state_dict = read_state_dict(src)
+    if not is_reference_layout(state_dict):
+        raise ValueError(f'{src} is not in the authors\' layout (no network.* keys); '
+                         'fec-mm checkpoints need no conversion')
+    converted = OrderedDict()
+    for key, value in convert_reference_state_dict(state_dict).items():
+        converted[key if key.startswith('head.') else 'backbone.' + key] = value
+    if osp.dirname(dst):
+        os.makedirs(osp.dirname(dst), exist_ok=True)
+    torch.save({'state_dict': converted, 'meta': {'converted_from': osp.basename(src)}}, dst)
+    return len(converted)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('src', help='authors\' checkpoint')
+    parser.add_argument('dst', help='output path')
+    args = parser.parse_args(argv)
+    count = convert(args.src, args.dst)
+    print(f'converted {count} tensors: {args.src} -> {args.dst}')
+
+
+if __name__ == '__main__':
+    main()
