@@ -1,0 +1,64 @@
+"""Check a config's data paths before a Runner is built.
+
+Without this check a missing dataset surfaces deep inside a dataset class
+(often after the work dir, logs and a model were created) with a message
+that does not say which config entry is wrong.
+"""
+import os.path as osp
+from typing import Iterator, Sequence, Tuple
+
+from mmengine.config import Config
+
+DATA_HINT = "see README.md, section 'Data'"
+
+
+def _is_remote(path: str) -> bool:
+    return '://' in path
+
+
+def _datasets(cfg: dict, where: str) -> Iterator[Tuple[str, dict]]:
+    """Yield (where, dataset cfg) for a dataset and the ones it wraps
+    (RepeatDataset, ClassBalancedDataset, ConcatDataset, ...)."""
+    if not isinstance(cfg, dict):
+        return
+    yield where, cfg
+    if isinstance(cfg.get('dataset'), dict):
+        yield from _datasets(cfg['dataset'], f'{where}.dataset')
+    if isinstance(cfg.get('datasets'), (list, tuple)):
+        for i, sub in enumerate(cfg['datasets']):
+            yield from _datasets(sub, f'{where}.datasets[{i}]')
+
+
+def check_data_paths(cfg: Config, dataloaders: Sequence[str]) -> None:
+    """Check that the data roots and annotation files of datasets exist.
+
+    ``ann_file`` is joined with ``data_root`` when it is relative, as
+    mmengine's ``BaseDataset`` does. Remote paths (``s3://...``) and empty
+    entries are not checked.
+
+    Args:
+        cfg (Config): The full config.
+        dataloaders (Sequence[str]): Keys of the dataloaders to check, e.g.
+            ``('train_dataloader', 'val_dataloader')``; absent or None ones
+            are skipped.
+
+    Raises:
+        FileNotFoundError: Names the config entry, the missing path and the
+            README section on data.
+    """
+    for key in dataloaders:
+        loader = cfg.get(key)
+        if not isinstance(loader, dict):
+            continue
+        for where, dataset in _datasets(loader.get('dataset'), f'{key}.dataset'):
+            data_root = dataset.get('data_root') or ''
+            if data_root and not _is_remote(data_root) and not osp.isdir(data_root):
+                raise FileNotFoundError(
+                    f'{where}.data_root does not exist: {osp.abspath(data_root)} ({DATA_HINT})')
+            ann_file = dataset.get('ann_file') or ''
+            if not isinstance(ann_file, str) or not ann_file or _is_remote(ann_file):
+                continue
+            path = ann_file if osp.isabs(ann_file) else osp.join(data_root, ann_file)
+            if not _is_remote(path) and not osp.isfile(path):
+                raise FileNotFoundError(
+                    f'{where}.ann_file does not exist: {osp.abspath(path)} ({DATA_HINT})')

@@ -1,0 +1,119 @@
+"""Training entry point behind ``tools/train.py``: mmdet 3.x's arguments and
+behaviour, for mmdet, mmseg and mmpretrain configs (``default_scope``
+decides), plus what the current stack needs (torch>=2.6 resume, CPU
+distributed runs, exact resume of the random number generators)."""
+import argparse
+import logging
+import os.path as osp
+from typing import Optional, Sequence
+
+import torch
+from mmengine.config import Config
+from mmengine.logging import print_log
+from mmengine.runner import Runner
+
+from .checkpoint_loader import register_trusted_local_loader
+from .cli import add_common_args, build_runner, load_config, setup_distributed
+from .data_checks import check_data_paths
+
+TRAIN_DATALOADERS = ('train_dataloader', 'val_dataloader')
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    """The arguments of ``tools/train.py``."""
+    parser = argparse.ArgumentParser(description='Train a model (mmdet, mmseg or mmpretrain '
+                                     'config; its default_scope decides)')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--amp', action='store_true', default=False,
+                        help='enable automatic mixed precision training (needs CUDA)')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate by the actual batch size over '
+                        'auto_scale_lr.base_batch_size')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from CKPT, or without a value from the latest '
+                        'checkpoint in the work dir')
+    add_common_args(parser)
+    return parser
+
+
+def _check_amp_possible(what: str) -> None:
+    if not torch.cuda.is_available():
+        raise RuntimeError(f'{what}: mixed precision training (AmpOptimWrapper) needs a CUDA '
+                           'GPU and this machine has none; train without it on CPU')
+
+
+def build_train_config(args: argparse.Namespace) -> Config:
+    """The config of a training run: file, ``--cfg-options``, work dir,
+    ``--amp``, ``--auto-scale-lr``, ``--resume``, and the RNG state hook.
+
+    Checks the data paths and the resume checkpoint; writes nothing.
+
+    Raises:
+        FileNotFoundError: Config, data root, annotation file or resume
+            checkpoint missing.
+        ValueError: ``--amp`` or ``--auto-scale-lr`` do not fit the config.
+        RuntimeError: ``--amp`` (or an AmpOptimWrapper) without CUDA.
+    """
+    cfg = load_config(args)
+
+    wrapper_type = cfg.get('optim_wrapper', {}).get('type', 'OptimWrapper')
+    if args.amp:
+        if wrapper_type == 'AmpOptimWrapper':
+            print_log('AMP training is already enabled in your config.', logger='current',
+                      level=logging.WARNING)
+        elif wrapper_type != 'OptimWrapper':
+            raise ValueError('--amp is only supported when optim_wrapper.type is '
+                             f'OptimWrapper, but the config has {wrapper_type}')
+        _check_amp_possible('--amp')
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    elif wrapper_type == 'AmpOptimWrapper':
+        _check_amp_possible('optim_wrapper.type=AmpOptimWrapper in the config')
+
+    if args.auto_scale_lr:
+        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+            raise ValueError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the '
+                             'config (the total batch size its learning rate was set for), '
+                             'e.g. auto_scale_lr = dict(base_batch_size=16)')
+        cfg.auto_scale_lr.enable = True
+
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        if '://' not in args.resume and not osp.isfile(args.resume):
+            raise FileNotFoundError(f'--resume: checkpoint not found: {args.resume}')
+        cfg.resume = True
+        cfg.load_from = args.resume
+
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(isinstance(h, dict) and h.get('type') == 'RngStateHook' for h in hooks):
+        cfg.custom_hooks = hooks + [dict(type='RngStateHook')]
+
+    check_data_paths(cfg, TRAIN_DATALOADERS)
+    return cfg
+
+
+def train(args: argparse.Namespace) -> Runner:
+    """Train as ``tools/train.py`` does.
+
+    Args:
+        args (argparse.Namespace): Parsed by :func:`build_train_parser`.
+
+    Returns:
+        Runner: The runner after training (``runner.model`` holds the
+        final weights).
+    """
+    # The hook lives next to this module; importing registers it.
+    from . import rng_state_hook  # noqa: F401
+    register_trusted_local_loader()
+    cfg = build_train_config(args)
+    setup_distributed(cfg, args)
+    runner = build_runner(cfg)
+    runner.train()
+    return runner
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Command line: ``tools/train.py CONFIG [options]``."""
+    train(build_train_parser().parse_args(argv))

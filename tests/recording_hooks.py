@@ -1,0 +1,41 @@
+"""Test-only hooks for the training-tool tests (imported through a config's
+``custom_imports`` with this folder on PYTHONPATH)."""
+import json
+import os
+import os.path as osp
+
+import torch
+from mmengine.dist import get_rank, get_world_size
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module(force=True)
+class StopTrainingHook(Hook):
+    """Ends training after ``iters`` iterations, as if the job had stopped."""
+
+    priority = 'LOWEST'
+
+    def __init__(self, iters: int) -> None:
+        self.iters = iters
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if runner.iter + 1 >= self.iters:
+            runner.train_loop.stop_training = True
+
+
+@HOOKS.register_module(force=True)
+class SaveRankWeightsHook(Hook):
+    """Saves this rank's final weights to ``work_dir/weights_rank{rank}.pth``
+    and its view of the process group to ``work_dir/dist_rank{rank}.json``."""
+
+    def after_run(self, runner) -> None:
+        rank = get_rank()
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        torch.save(model.state_dict(), osp.join(runner.work_dir, f'weights_rank{rank}.pth'))
+        seen = dict(rank=rank, world_size=get_world_size(), wrapped=is_model_wrapper(runner.model),
+                    master_addr=os.environ.get('MASTER_ADDR'),
+                    master_port=os.environ.get('MASTER_PORT'), iter=runner.iter)
+        with open(osp.join(runner.work_dir, f'dist_rank{rank}.json'), 'w') as f:
+            json.dump(seen, f)
