@@ -14,13 +14,18 @@ dataloader), which draws random numbers in the main process when
 the first new batch is fetched. Validation, which an uninterrupted run does
 after the checkpoint and a resumed run does not, runs on a copy of the
 states and leaves the training states as they were.
+
+mmengine saves checkpoints on rank 0 only (``Runner.save_checkpoint`` is
+``master_only``), so in distributed runs every rank's states are gathered
+after each training iteration and epoch (a few KiB per rank) and rank 0
+writes the latest gathered ones.
 """
 import random
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
-from mmengine.dist import all_gather_object, get_dist_info
+from mmengine.dist import all_gather_object, get_dist_info, get_world_size
 from mmengine.hooks import Hook
 from mmengine.logging import MMLogger
 from mmengine.registry import HOOKS
@@ -89,11 +94,31 @@ class RngStateHook(Hook):
     def __init__(self) -> None:
         self._loaded: Optional[List[RngStates]] = None
         self._before_val: Optional[RngStates] = None
+        self._gathered: Optional[List[RngStates]] = None
+
+    def _gather(self) -> None:
+        if get_world_size() > 1:
+            self._gathered = all_gather_object(get_rng_states())
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        """Distributed runs: gather all ranks' states (checkpoints come next)."""
+        self._gather()
+
+    def after_train_epoch(self, runner) -> None:
+        """Distributed runs: gather all ranks' states (checkpoints come next)."""
+        self._gather()
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        """Add all ranks' states (those before validation, if it is running)."""
-        states = self._before_val if self._before_val is not None else get_rng_states()
-        checkpoint[CHECKPOINT_KEY] = all_gather_object(states)
+        """Add the states of all ranks (those before validation, if it is
+        running); called on rank 0 only."""
+        own = self._before_val if self._before_val is not None else get_rng_states()
+        rank, world_size = get_dist_info()
+        if world_size == 1:
+            checkpoint[CHECKPOINT_KEY] = [own]
+        elif self._gathered is not None:
+            states = list(self._gathered)
+            states[rank] = own
+            checkpoint[CHECKPOINT_KEY] = states
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         """Keep the states; they are restored when training starts."""

@@ -1,0 +1,136 @@
+"""tools/dist_train.sh on CPU with gloo: two "nodes" of one process each
+(localhost) end with identical weights, and a distributed run stopped
+after 2 iterations and resumed ends where the uninterrupted one does."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_classifier import write_config, write_images
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+TIME_LIMIT_S = 150
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (torchrun's workers start
+    sessions of their own, so killing the process group is not enough)."""
+    children = {}
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            fields = stat.read_text().rsplit(')', 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo.extend(children.get(tree[-1], []))
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _dist_train(tmp: Path, config: Path, work_dir: Path, nnodes: int, nproc: int, *options):
+    """Run tools/dist_train.sh once per node (all on localhost) and wait,
+    failing with the log of a node that hangs or fails. Returns the port."""
+    port = _free_port()
+    env = dict(os.environ, NNODES=str(nnodes), MASTER_ADDR='127.0.0.1', PORT=str(port),
+               PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get('PYTHONPATH', '')]),
+               OMP_NUM_THREADS='1')
+    procs, logs = [], []
+    for node_rank in range(nnodes):
+        logs.append(tmp / f'{work_dir.name}_node{node_rank}.log')
+        with open(logs[-1], 'w') as out:
+            procs.append(subprocess.Popen(
+                ['bash', str(ROOT / 'tools' / 'dist_train.sh'), str(config), str(nproc),
+                 '--work-dir', str(work_dir), *options],
+                env=dict(env, NODE_RANK=str(node_rank)), cwd=tmp, stdout=out,
+                stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + TIME_LIMIT_S
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        hung = [p for p in procs if p.poll() is None]
+        for proc in hung:
+            _kill_tree(proc.pid)
+            proc.wait()
+    log_tail = logs[0].read_text(errors='replace')[-3000:]
+    assert not hung, f'dist_train.sh did not finish in {TIME_LIMIT_S} s:\n{log_tail}'
+    for proc, log in zip(procs, logs):
+        assert proc.returncode == 0, log.read_text(errors='replace')[-3000:]
+    return port
+
+
+def _weights(work_dir: Path, rank: int) -> dict:
+    return torch.load(work_dir / f'weights_rank{rank}.pth')
+
+
+def _differing(a: dict, b: dict) -> list:
+    assert a.keys() == b.keys()
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    different = _differing(a, b)
+    assert not different, f'{len(different)} of {len(a)} tensors differ, e.g. {different[:3]}'
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('dist')
+    data = write_images(tmp / 'data', per_class=4)
+    hooks = "custom_hooks = [dict(type='SaveRankWeightsHook')]\n"
+    config = write_config(tmp / 'tiny.py', str(data), imports=['fec_mm', 'recording_hooks'],
+                          extra=hooks)
+    work_dir = tmp / 'two_nodes'
+    port = _dist_train(tmp, config, work_dir, nnodes=2, nproc=1)
+    return tmp, data, config, work_dir, port
+
+
+def test_two_nodes_one_process_each_end_with_identical_weights(tiny):
+    _, _, _, work_dir, port = tiny
+    seen = [json.loads((work_dir / f'dist_rank{r}.json').read_text()) for r in (0, 1)]
+    for rank, view in enumerate(seen):
+        assert view == dict(rank=rank, world_size=2, wrapped=True, master_addr='127.0.0.1',
+                            master_port=str(port), iter=4)
+    _assert_same(_weights(work_dir, 0), _weights(work_dir, 1))
+    # Rank 0 wrote the checkpoints, and the last two iterations changed the weights.
+    checkpoint = torch.load(work_dir / 'iter_4.pth', weights_only=False)
+    assert len(checkpoint['rng_states']) == 2  # both ranks' generators, for an exact resume
+    final = checkpoint['state_dict']
+    halfway = torch.load(work_dir / 'iter_2.pth', weights_only=False)['state_dict']
+    _assert_same(final, _weights(work_dir, 0))
+    assert _differing(halfway, final)
+
+
+def test_distributed_resume_continues_exactly(tiny):
+    tmp, data, config, full_dir, _ = tiny
+    stopping = write_config(
+        tmp / 'tiny_stopping.py', str(data), imports=['fec_mm', 'recording_hooks'],
+        extra="custom_hooks = [dict(type='SaveRankWeightsHook'), "
+              "dict(type='StopTrainingHook', iters=2)]\n")
+    work_dir = tmp / 'resumed'
+    # One node of two processes this time: the same two ranks.
+    _dist_train(tmp, stopping, work_dir, nnodes=1, nproc=2)
+    assert not (work_dir / 'iter_4.pth').exists()
+    _dist_train(tmp, config, work_dir, 1, 2, '--resume')
+    for rank in (0, 1):
+        _assert_same(_weights(full_dir, rank), _weights(work_dir, rank))
