@@ -1,24 +1,64 @@
 """Public API of the clustering ops: one function per op, one dispatch.
 
-Every function takes ``impl='auto'|'reference'|'cpu'|'triton'``. The
-reference (``reference.py``) is always available; fused implementations are
-registered in ``_IMPLS`` by their modules when they can run.
+Every function takes ``impl='auto'|'reference'|'cpu'|'triton'``:
+
+- ``reference`` (``reference.py``): readable PyTorch, any device; the test
+  oracle and the fallback.
+- ``cpu`` (``csrc/cluster_cpu.cpp`` through ``cpu.py``): fused C++/OpenMP
+  kernels for CPU tensors, available when ``fec_mm._ext`` was built.
+- ``triton`` (``triton_kernels.py``): fused Triton kernels for CUDA tensors
+  (float32/float16/bfloat16); on CPU tensors only under ``TRITON_INTERPRET=1``.
+- ``auto``: ``cpu`` for CPU tensors when the extension is built, ``triton``
+  for CUDA tensors when Triton is installed, else ``reference``.
+
+The fused ones are ``torch.library`` custom ops with autograd and fake
+implementations (``library.py``), so ``torch.compile`` keeps them in one graph.
 """
+import importlib.util
+import os
 from typing import Callable, Dict, Tuple
 
+import torch
 from torch import Tensor
 
-from . import reference
+from . import cpu, reference
+from .library import OPS
 
 IMPLS = ('auto', 'reference', 'cpu', 'triton')
 
-# op name -> impl name -> callable. Filled below for the reference and by the
-# kernel modules for theirs.
+# op name -> impl name -> callable.
 _IMPLS: Dict[str, Dict[str, Callable]] = {
     'cluster_assign': {'reference': reference.cluster_assign_reference},
     'cluster_encode': {'reference': reference.cluster_encode_reference},
     'cluster_pool': {'reference': reference.cluster_pool_reference},
 }
+for _impl, _ops in OPS.items():
+    for _op, _fn in _ops.items():
+        _IMPLS[_op][_impl] = _fn
+
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _triton_installed() -> bool:
+    return importlib.util.find_spec('triton') is not None
+
+
+def _unavailable(impl: str, device_type: str, dtype: torch.dtype) -> str:
+    """Why ``impl`` cannot run on these tensors ('' when it can)."""
+    if impl == 'cpu':
+        if device_type != 'cpu':
+            return f"impl='cpu' needs CPU tensors, got {device_type} tensors"
+        if not cpu.is_available():
+            return "impl='cpu' needs the compiled extension fec_mm._ext, which is not built"
+    elif impl == 'triton':
+        if not _triton_installed():
+            return "impl='triton' needs Triton, which is not installed"
+        if device_type != 'cuda' and os.environ.get('TRITON_INTERPRET') != '1':
+            return (f"impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU "
+                    f"tensors), got {device_type} tensors")
+        if dtype not in TRITON_DTYPES:
+            return f"impl='triton' supports {TRITON_DTYPES}, got {dtype}"
+    return ''
 
 
 def _check_inputs(op: str, points: Tensor, centers: Tensor, *pairs: Tuple[str, Tensor]) -> None:
@@ -53,22 +93,23 @@ def _check_scalar(op: str, name: str, t: Tensor, points: Tensor) -> None:
         raise ValueError(f'{op}: {name} is on {t.device}, points are on {points.device}')
 
 
-def resolve_impl(op: str, impl: str, device_type: str) -> Callable:
-    """Return the callable of ``op`` for ``impl`` on ``device_type``.
+def resolve_impl(op: str, impl: str, device_type: str,
+                 dtype: torch.dtype = torch.float32) -> Callable:
+    """Return the callable of ``op`` for ``impl`` on tensors of this device and dtype.
 
-    'auto' picks the fastest registered implementation for the device and
-    falls back to the reference.
+    'auto' picks the fused implementation of the device when it can run
+    (``cpu`` on CPU, ``triton`` on CUDA) and falls back to the reference.
     """
     if impl not in IMPLS:
         raise ValueError(f'{op}: unknown impl {impl!r}; valid ones are {IMPLS}')
-    impls = _IMPLS[op]
     if impl == 'auto':
-        preferred = ('triton', 'reference') if device_type == 'cuda' else ('cpu', 'reference')
-        impl = next(name for name in preferred if name in impls)
-    if impl not in impls:
-        raise RuntimeError(f'{op}: implementation {impl!r} is not available here '
-                           f'(available: {sorted(impls)})')
-    return impls[impl]
+        fused = {'cpu': 'cpu', 'cuda': 'triton'}.get(device_type)
+        impl = fused if fused and not _unavailable(fused, device_type, dtype) else 'reference'
+    else:
+        reason = _unavailable(impl, device_type, dtype)
+        if reason:
+            raise RuntimeError(f'{op}: {reason}')
+    return _IMPLS[op][impl]
 
 
 def cluster_assign(points: Tensor, centers: Tensor, impl: str = 'auto') -> Tuple[Tensor, Tensor]:
@@ -84,7 +125,7 @@ def cluster_assign(points: Tensor, centers: Tensor, impl: str = 'auto') -> Tuple
         and cos (R, N), the similarity to the chosen center.
     """
     _check_inputs('cluster_assign', points, centers)
-    return resolve_impl('cluster_assign', impl, points.device.type)(points, centers)
+    return resolve_impl('cluster_assign', impl, points.device.type, points.dtype)(points, centers)
 
 
 def cluster_encode(points: Tensor, values: Tensor, centers: Tensor, value_centers: Tensor,
@@ -104,7 +145,7 @@ def cluster_encode(points: Tensor, values: Tensor, centers: Tensor, value_center
                   ('value_centers', value_centers))
     _check_scalar('cluster_encode', 'alpha', alpha, points)
     _check_scalar('cluster_encode', 'beta', beta, points)
-    return resolve_impl('cluster_encode', impl, points.device.type)(
+    return resolve_impl('cluster_encode', impl, points.device.type, points.dtype)(
         points, values, centers, value_centers, alpha, beta)
 
 
@@ -122,5 +163,5 @@ def cluster_pool(points: Tensor, values: Tensor, centers: Tensor, value_centers:
     """
     _check_inputs('cluster_pool', points, centers, ('values', values),
                   ('value_centers', value_centers))
-    return resolve_impl('cluster_pool', impl, points.device.type)(
+    return resolve_impl('cluster_pool', impl, points.device.type, points.dtype)(
         points, values, centers, value_centers)
