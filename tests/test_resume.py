@@ -1,6 +1,7 @@
-"""Resume continues exactly: weights after 4 iterations equal those after
-2 iterations, a stop, a resume and 2 more (random crop, flip, drop path and
-validation in between), with torch>=2.6's ``weights_only`` loading."""
+"""Resume continues exactly: the weights after an uninterrupted run equal
+those after a run stopped halfway and resumed (random crop, flip, drop path
+and validation in between), with torch>=2.6's ``weights_only`` loading;
+iteration-based (2 + 2 iterations) and epoch-based (1 + 1 epochs)."""
 import uuid
 
 import pytest
@@ -17,8 +18,18 @@ val_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=False))
 val_cfg = dict()
 val_evaluator = dict(type='Accuracy', topk=(1,))
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=4, val_interval=2)
 """
+# 6 images, batch 2: 3 iterations per epoch.
+LOOPS = dict(
+    iter=dict(total=4, stop=2, checkpoint='iter_2.pth', extra="""
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=4, val_interval=2)
+"""),
+    epoch=dict(total=6, stop=3, checkpoint='epoch_1.pth', extra="""
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=2, val_interval=1)
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1),
+                     logger=dict(type='LoggerHook', interval=1))
+log_processor = dict(by_epoch=True)
+"""))
 
 
 def _train(config, work_dir, *options):
@@ -28,23 +39,24 @@ def _train(config, work_dir, *options):
     return runner, {k: v.clone() for k, v in runner.model.state_dict().items()}
 
 
-@pytest.fixture(scope='module')
-def runs(tmp_path_factory):
+@pytest.fixture(scope='module', params=sorted(LOOPS))
+def runs(request, tmp_path_factory):
     """The uninterrupted run and the first half of the interrupted one."""
-    tmp = tmp_path_factory.mktemp('resume')
+    loop = LOOPS[request.param]
+    tmp = tmp_path_factory.mktemp(request.param)
     data = write_images(tmp / 'data')
+    extra = VAL.format(data_root=str(data)) + loop['extra']
     config = write_config(tmp / 'tiny.py', str(data), imports=['fec_mm', 'recording_hooks'],
-                          extra=VAL.format(data_root=str(data)))
+                          extra=extra)
     runner, full = _train(config, tmp / 'full')
-    assert runner.iter == 4
-    # The same run, stopped after 2 iterations as by a job time limit.
-    stopping = write_config(tmp / 'tiny_stopping.py', str(data),
-                            imports=['fec_mm', 'recording_hooks'],
-                            extra=VAL.format(data_root=str(data))
-                            + "custom_hooks = [dict(type='StopTrainingHook', iters=2)]\n")
+    assert runner.iter == loop['total']
+    # The same run, stopped halfway as by a job time limit.
+    stopping = write_config(
+        tmp / 'tiny_stopping.py', str(data), imports=['fec_mm', 'recording_hooks'],
+        extra=extra + f"custom_hooks = [dict(type='StopTrainingHook', iters={loop['stop']})]\n")
     runner, half = _train(stopping, tmp / 'split')
-    assert runner.iter == 2
-    return tmp, config, full, half
+    assert runner.iter == loop['stop']
+    return request.param, loop, tmp, config, full, half
 
 
 def _assert_equal_weights(a, b):
@@ -54,29 +66,34 @@ def _assert_equal_weights(a, b):
 
 
 def test_resume_continues_exactly(runs):
-    tmp, config, full, half = runs
+    _, loop, tmp, config, full, half = runs
     work_dir = tmp / 'split'
-    assert (work_dir / 'iter_2.pth').is_file() and not (work_dir / 'iter_4.pth').exists()
-    saved = torch.load(work_dir / 'iter_2.pth', weights_only=False)
-    assert len(saved['rng_states']) == 1 and saved['meta']['iter'] == 2
+    saved = torch.load(work_dir / loop['checkpoint'], weights_only=False)
+    assert len(saved['rng_states']) == 1 and saved['meta']['iter'] == loop['stop']
     _assert_equal_weights(half, saved['state_dict'])
     # The first half really trained and the second half changes the weights.
     assert any(not torch.equal(half[k], full[k]) for k in full)
 
     runner, resumed = _train(config, work_dir, '--resume')
-    assert runner.iter == 4
+    assert runner.iter == loop['total']
     _assert_equal_weights(full, resumed)
 
 
 def test_resume_from_named_checkpoint_continues_exactly(runs, tmp_path):
-    tmp, config, full, _ = runs
-    _, resumed = _train(config, tmp_path / 'other', '--resume', str(tmp / 'split' / 'iter_2.pth'))
+    name, loop, tmp, config, full, _ = runs
+    if name != 'iter':
+        pytest.skip('one loop type is enough here')
+    _, resumed = _train(config, tmp_path / 'other', '--resume',
+                        str(tmp / 'split' / loop['checkpoint']))
     _assert_equal_weights(full, resumed)
 
 
 def test_without_restoring_rng_states_weights_differ(runs, tmp_path, monkeypatch):
     """The check above has teeth: the randomness in the config matters."""
-    tmp, config, full, _ = runs
+    name, loop, tmp, config, full, _ = runs
+    if name != 'iter':
+        pytest.skip('one loop type is enough here')
     monkeypatch.setattr(RngStateHook, 'before_train_epoch', lambda self, runner: None)
-    _, resumed = _train(config, tmp_path / 'other', '--resume', str(tmp / 'split' / 'iter_2.pth'))
+    _, resumed = _train(config, tmp_path / 'other', '--resume',
+                        str(tmp / 'split' / loop['checkpoint']))
     assert any(not torch.equal(full[k], resumed[k]) for k in full)
