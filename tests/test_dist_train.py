@@ -50,7 +50,8 @@ def _dist_train(tmp: Path, config: Path, work_dir: Path, nnodes: int, nproc: int
     failing with the log of a node that hangs or fails. Returns the port."""
     port = _free_port()
     env = dict(os.environ, NNODES=str(nnodes), MASTER_ADDR='127.0.0.1', PORT=str(port),
-               PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get('PYTHONPATH', '')]),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS),
+                                                        os.environ.get('PYTHONPATH')])),
                OMP_NUM_THREADS='1')
     procs, logs = [], []
     for node_rank in range(nnodes):

@@ -112,6 +112,16 @@ def test_missing_annotation_file_is_joined_with_data_root(tmp_path, data):
     assert _train_config(config).train_dataloader.dataset.ann_file == 'meta/train.txt'
 
 
+def test_val_data_is_checked_when_validation_runs(tmp_path, data):
+    val = (f"val_dataloader = dict(dataset=dict(type='CustomDataset', "
+           f"data_root={str(tmp_path / 'no_val')!r}))\n")
+    config = write_config(tmp_path / 'tiny.py', str(data), extra=val)
+    _train_config(config)  # no val_cfg: the Runner never builds the val dataloader
+    config = write_config(tmp_path / 'tiny.py', str(data), extra=val + 'val_cfg = dict()\n')
+    with pytest.raises(FileNotFoundError, match='val_dataloader.dataset.data_root .*no_val'):
+        _train_config(config)
+
+
 def test_data_check_follows_dataset_wrappers(tmp_path, data):
     from mmengine.config import Config
     missing = str(tmp_path / 'missing.json')

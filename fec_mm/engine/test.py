@@ -7,7 +7,6 @@ import re
 from typing import Optional, Sequence
 
 from mmengine.config import Config
-from mmengine.logging import MMLogger
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
@@ -91,9 +90,7 @@ def test(args: argparse.Namespace) -> dict:
     runner = build_runner(cfg)
     if '://' not in args.checkpoint:
         check_checkpoint_fits(runner, args.checkpoint)
-    metrics = runner.test()
-    MMLogger.get_current_instance().info(f'test metrics: {metrics}')
-    return metrics
+    return runner.test()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

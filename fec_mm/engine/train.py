@@ -15,8 +15,7 @@ from mmengine.runner import Runner
 from .checkpoint_loader import register_trusted_local_loader
 from .cli import add_common_args, build_runner, load_config, setup_distributed
 from .data_checks import check_data_paths
-
-TRAIN_DATALOADERS = ('train_dataloader', 'val_dataloader')
+from .rng_state_hook import RngStateHook
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -87,10 +86,12 @@ def build_train_config(args: argparse.Namespace) -> Config:
         cfg.load_from = args.resume
 
     hooks = list(cfg.get('custom_hooks') or [])
-    if not any(isinstance(h, dict) and h.get('type') == 'RngStateHook' for h in hooks):
-        cfg.custom_hooks = hooks + [dict(type='RngStateHook')]
+    if not any(isinstance(h, dict) and h.get('type') == RngStateHook.__name__ for h in hooks):
+        cfg.custom_hooks = hooks + [dict(type=RngStateHook.__name__)]
 
-    check_data_paths(cfg, TRAIN_DATALOADERS)
+    # The Runner builds the validation loop only when val_cfg is set.
+    used = ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') is not None else [])
+    check_data_paths(cfg, used)
     return cfg
 
 
@@ -104,8 +105,6 @@ def train(args: argparse.Namespace) -> Runner:
         Runner: The runner after training (``runner.model`` holds the
         final weights).
     """
-    # The hook lives next to this module; importing registers it.
-    from . import rng_state_hook  # noqa: F401
     register_trusted_local_loader()
     cfg = build_train_config(args)
     setup_distributed(cfg, args)
