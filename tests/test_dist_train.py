@@ -3,6 +3,7 @@
 after 2 iterations and resumed ends where the uninterrupted one does."""
 import json
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_classifier import write_config, write_images
+from tiny_classifier import write_config, write_dog_checkpoint, write_images, write_test_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -45,9 +46,11 @@ def _kill_tree(pid: int) -> None:
             pass
 
 
-def _dist_train(tmp: Path, config: Path, work_dir: Path, nnodes: int, nproc: int, *options):
-    """Run tools/dist_train.sh once per node (all on localhost) and wait,
-    failing with the log of a node that hangs or fails. Returns the port."""
+def _dist_run(script: str, tmp: Path, args: list, work_dir: Path, nnodes: int, nproc: int,
+              *options):
+    """Run ``tools/{script} *args NPROC --work-dir WORK_DIR *options`` once per
+    node (all on localhost) and wait, failing with the log of a node that
+    hangs or fails. Returns the port."""
     port = _free_port()
     env = dict(os.environ, NNODES=str(nnodes), MASTER_ADDR='127.0.0.1', PORT=str(port),
                PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS),
@@ -58,7 +61,7 @@ def _dist_train(tmp: Path, config: Path, work_dir: Path, nnodes: int, nproc: int
         logs.append(tmp / f'{work_dir.name}_node{node_rank}.log')
         with open(logs[-1], 'w') as out:
             procs.append(subprocess.Popen(
-                ['bash', str(ROOT / 'tools' / 'dist_train.sh'), str(config), str(nproc),
+                ['bash', str(ROOT / 'tools' / script), *map(str, args), str(nproc),
                  '--work-dir', str(work_dir), *options],
                 env=dict(env, NODE_RANK=str(node_rank)), cwd=tmp, stdout=out,
                 stderr=subprocess.STDOUT))
@@ -74,10 +77,14 @@ def _dist_train(tmp: Path, config: Path, work_dir: Path, nnodes: int, nproc: int
             _kill_tree(proc.pid)
             proc.wait()
     log_tail = logs[0].read_text(errors='replace')[-3000:]
-    assert not hung, f'dist_train.sh did not finish in {TIME_LIMIT_S} s:\n{log_tail}'
+    assert not hung, f'{script} did not finish in {TIME_LIMIT_S} s:\n{log_tail}'
     for proc, log in zip(procs, logs):
         assert proc.returncode == 0, log.read_text(errors='replace')[-3000:]
     return port
+
+
+def _dist_train(tmp: Path, config: Path, work_dir: Path, nnodes: int, nproc: int, *options):
+    return _dist_run('dist_train.sh', tmp, [config], work_dir, nnodes, nproc, *options)
 
 
 def _weights(work_dir: Path, rank: int) -> dict:
@@ -135,3 +142,16 @@ def test_distributed_resume_continues_exactly(tiny):
     _dist_train(tmp, config, work_dir, 1, 2, '--resume')
     for rank in (0, 1):
         _assert_same(_weights(full_dir, rank), _weights(work_dir, rank))
+
+
+def test_dist_test_gathers_the_predictions_of_both_processes(tmp_path):
+    data = write_images(tmp_path / 'data', per_class=4)
+    config = write_test_config(tmp_path / 'tiny.py', str(data))
+    checkpoint = write_dog_checkpoint(config, tmp_path / 'dog.pth')
+    out = tmp_path / 'preds.pkl'
+    _dist_run('dist_test.sh', tmp_path, [config, checkpoint], tmp_path / 'work', 1, 2,
+              '--out', str(out))
+    with open(out, 'rb') as f:
+        predictions = pickle.load(f)
+    assert sorted(p['sample_idx'] for p in predictions) == list(range(8))
+    assert all(int(p['pred_label']) == 1 for p in predictions)

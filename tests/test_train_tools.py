@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_classifier import write_config, write_images
+from tiny_classifier import write_config, write_dog_checkpoint, write_images, write_test_config
 
 from fec_mm.engine import (
     build_test_parser,
@@ -182,36 +182,9 @@ def test_trusted_loader_errors_name_the_file(tmp_path):
         load_from_trusted_local(str(garbage))
 
 
-def _test_config(tmp_path, data):
-    return write_config(tmp_path / 'tiny.py', str(data), extra=f"""
-test_dataloader = dict(
-    batch_size=2, num_workers=0,
-    dataset=dict(type='CustomDataset', data_root={str(data)!r}, pipeline=[
-        dict(type='LoadImageFromFile'), dict(type='PackInputs')]),
-    sampler=dict(type='DefaultSampler', shuffle=False))
-test_cfg = dict()
-test_evaluator = dict(type='Accuracy', topk=(1,))
-""")
-
-
-def _classifier_state_dict(config):
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-
-    import fec_mm  # noqa: F401
-    init_default_scope('mmpretrain')
-    from mmpretrain.registry import MODELS
-    return MODELS.build(Config.fromfile(str(config)).model).state_dict()
-
-
 def test_test_tool_loads_the_checkpoint_and_dumps_predictions(tmp_path, data):
-    config = _test_config(tmp_path, data)
-    state_dict = _classifier_state_dict(config)
-    # A head that says 'dog' (class 1) for every image, whatever the backbone gives.
-    state_dict['head.fc.weight'].zero_()
-    state_dict['head.fc.bias'].copy_(torch.tensor([-50.0, 50.0]))
-    checkpoint = tmp_path / 'dog.pth'
-    torch.save(dict(state_dict=state_dict, meta=dict()), checkpoint)
+    config = write_test_config(tmp_path / 'tiny.py', str(data))
+    checkpoint = write_dog_checkpoint(config, tmp_path / 'dog.pth')
     out = tmp_path / 'preds.pkl'
     metrics = run_test(build_test_parser().parse_args([
         str(config), str(checkpoint), '--work-dir', str(tmp_path / 'work'), '--out', str(out),
@@ -224,7 +197,7 @@ def test_test_tool_loads_the_checkpoint_and_dumps_predictions(tmp_path, data):
 
 
 def test_test_tool_rejects_bad_checkpoints(tmp_path, data):
-    config = _test_config(tmp_path, data)
+    config = write_test_config(tmp_path / 'tiny.py', str(data))
     args = [str(config), '--work-dir', str(tmp_path / 'work'),
             '--cfg-options', f'experiment_name={uuid.uuid4().hex}']
     with pytest.raises(FileNotFoundError, match='checkpoint not found: .*none.pth'):

@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
 CONFIG = '''
@@ -60,4 +61,36 @@ def write_config(path: Path, data_root: str, ann_file: str = '',
     """Write the tiny classifier config to ``path`` and return it."""
     path.write_text(CONFIG.format(imports=list(imports), arch=arch or ARCH,
                                   data_root=data_root, ann_file=ann_file) + extra)
+    return path
+
+
+TEST = """
+test_dataloader = dict(
+    batch_size=2, num_workers=0,
+    dataset=dict(type='CustomDataset', data_root={data_root!r}, pipeline=[
+        dict(type='LoadImageFromFile'), dict(type='PackInputs')]),
+    sampler=dict(type='DefaultSampler', shuffle=False))
+test_cfg = dict()
+test_evaluator = dict(type='Accuracy', topk=(1,))
+"""
+
+
+def write_test_config(path: Path, data_root: str, **kwargs) -> Path:
+    """The tiny config with a test dataloader over ``data_root`` and accuracy."""
+    return write_config(path, data_root, extra=TEST.format(data_root=data_root), **kwargs)
+
+
+def write_dog_checkpoint(config: Path, path: Path) -> Path:
+    """Save weights of the config's model whose head says 'dog' (class 1)
+    for every image, whatever the backbone gives."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    import fec_mm  # noqa: F401
+    init_default_scope('mmpretrain')
+    from mmpretrain.registry import MODELS
+    state_dict = MODELS.build(Config.fromfile(str(config)).model).state_dict()
+    state_dict['head.fc.weight'].zero_()
+    state_dict['head.fc.bias'].copy_(torch.tensor([-50.0, 50.0]))
+    torch.save(dict(state_dict=state_dict, meta=dict()), path)
     return path
