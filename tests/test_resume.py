@@ -2,10 +2,14 @@
 those after a run stopped halfway and resumed (random crop, flip, drop path
 and validation in between), with torch>=2.6's ``weights_only`` loading;
 iteration-based (2 + 2 iterations) and epoch-based (1 + 1 epochs)."""
+import random
 import uuid
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from mmengine.logging import MMLogger
 from tiny_classifier import write_config, write_images
 
 from fec_mm.engine import RngStateHook, build_train_parser, train
@@ -97,3 +101,30 @@ def test_without_restoring_rng_states_weights_differ(runs, tmp_path, monkeypatch
     _, resumed = _train(config, tmp_path / 'other', '--resume',
                         str(tmp / 'split' / loop['checkpoint']))
     assert any(not torch.equal(full[k], resumed[k]) for k in full)
+
+
+def _draw():
+    return random.random(), np.random.rand(), torch.rand(1).item()
+
+
+def test_rng_states_round_trip_and_restore_only_on_resume(monkeypatch):
+    hook = RngStateHook()
+    checkpoint = {}
+    hook.before_save_checkpoint(None, checkpoint)
+    expected = _draw()
+    # Weights loaded with load_from (iteration 0): the generators are left alone.
+    hook.after_load_checkpoint(None, checkpoint)
+    hook.before_train_epoch(SimpleNamespace(iter=0, epoch=0, train_loop=None))
+    assert _draw() != expected
+    # A resume restores them (epoch-based loop: right away).
+    hook.after_load_checkpoint(None, checkpoint)
+    hook.before_train_epoch(SimpleNamespace(iter=3, epoch=1, train_loop=SimpleNamespace(_iter=3)))
+    assert _draw() == expected
+    # A checkpoint from elsewhere, without states: a warning, generators untouched.
+    warnings = []
+    monkeypatch.setattr(MMLogger, 'get_current_instance',
+                        lambda: SimpleNamespace(warning=warnings.append))
+    hook.after_load_checkpoint(None, {})
+    hook.before_train_epoch(SimpleNamespace(iter=3, epoch=1, train_loop=None))
+    assert len(warnings) == 1 and 'holds no RNG states' in warnings[0]
+    assert _draw() != expected

@@ -35,11 +35,13 @@ RngStates = Dict[str, Any]
 
 
 def get_rng_states() -> RngStates:
-    """States of Python's, NumPy's and torch's (CPU and CUDA) generators."""
+    """States of Python's, NumPy's and torch's generators (CPU, and the
+    current CUDA device: one device per process, and asking for all of them
+    would open a CUDA context on every GPU)."""
     states = dict(python=random.getstate(), numpy=np.random.get_state(),
                   torch=torch.get_rng_state())
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states['cuda'] = torch.cuda.get_rng_state_all()
+        states['cuda'] = torch.cuda.get_rng_state()
     return states
 
 
@@ -49,7 +51,7 @@ def set_rng_states(states: RngStates) -> None:
     np.random.set_state(states['numpy'])
     torch.set_rng_state(states['torch'])
     if 'cuda' in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states['cuda'])
+        torch.cuda.set_rng_state(states['cuda'])
 
 
 class _RestoreBeforeNextBatch:
@@ -122,13 +124,18 @@ class RngStateHook(Hook):
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         """Keep the states; they are restored when training starts."""
-        self._loaded = checkpoint.get(CHECKPOINT_KEY)
+        self._loaded = checkpoint.get(CHECKPOINT_KEY, [])
 
     def before_train_epoch(self, runner) -> None:
         """Restore the loaded states once, in the first epoch after a resume."""
         states, self._loaded = self._loaded, None
         if states is None or (runner.iter == 0 and runner.epoch == 0):
-            return  # nothing saved, or weights loaded without resuming
+            return  # nothing loaded, or weights loaded without resuming
+        if not states:
+            MMLogger.get_current_instance().warning(
+                'the resumed checkpoint holds no RNG states (not saved by tools/train.py?): '
+                'random numbers will not continue as in an uninterrupted run')
+            return
         rank, world_size = get_dist_info()
         if len(states) != world_size:
             MMLogger.get_current_instance().warning(
