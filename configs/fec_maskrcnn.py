@@ -1,0 +1,37 @@
+# FEC-Small Mask R-CNN, FPN, 1x schedule, COCO 2017 instances.
+#
+# Paper figure (FEC_SPEC.md §3): box AP 35.6 / mask AP 33.6, 24.3 M params,
+# with the backbone initialised from the ImageNet-1k FEC-Small checkpoint:
+#   --cfg-options model.backbone.init_cfg.type=Pretrained \
+#                 model.backbone.init_cfg.checkpoint=fec_small_mm.pth
+# (the authors' checkpoints load as they are, see README "Checkpoints").
+#
+# Data (README, section "Data"): mmdet's COCO layout under data/coco/
+#   data/coco/annotations/instances_{train,val}2017.json
+#   data/coco/train2017/*.jpg, data/coco/val2017/*.jpg
+#
+# Recipe: 8 GPUs x 2 images, AdamW (configs/_base_/fec_adamw_coco_1x.py).
+# Detection centers and folds as the authors: 7x7 centers per region, the
+# stride-4 and stride-8 maps cut into 2x2 regions.
+_base_ = [
+    'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
+    'mmdet::_base_/datasets/coco_instance.py',
+    './_base_/fec_adamw_coco_1x.py',
+    'mmdet::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['fec_mm'], allow_failed_imports=False)
+
+model = dict(
+    # FEC(folds=(2, 2, 1, 1)).size_divisor == 32: every padded batch is a
+    # valid FEC input, whatever the image sizes.
+    data_preprocessor=dict(pad_size_divisor=32),
+    backbone=dict(
+        _delete_=True,
+        type='FEC',
+        arch='small',
+        num_centers=(7, 7, 7, 7),
+        folds=(2, 2, 1, 1),
+        out_indices=(0, 1, 2, 3),
+        drop_path_rate=0.,
+        init_cfg=None),
+    neck=dict(in_channels=[32, 64, 196, 320]))

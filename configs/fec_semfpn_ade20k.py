@@ -1,0 +1,40 @@
+# FEC-Small Semantic FPN, ADE20K (150 classes), 512x512 crops, 80k iterations.
+#
+# Paper figure (FEC_SPEC.md §3): mIoU 35.3, 9.1 M params, with the backbone
+# initialised from the ImageNet-1k FEC-Small checkpoint:
+#   --cfg-options model.backbone.init_cfg.type=Pretrained \
+#                 model.backbone.init_cfg.checkpoint=fec_small_mm.pth
+#
+# Data (README, section "Data"): mmseg's ADE20K layout under
+# data/ade/ADEChallengeData2016/
+#   images/{training,validation}/ADE_*.jpg
+#   annotations/{training,validation}/ADE_*.png  (0 = other/ignored, 1..150 classes)
+#
+# Recipe: 4 GPUs x 4 crops, AdamW, poly (configs/_base_/fec_adamw_ade20k_80k.py).
+# Segmentation centers as the authors: 10x10 (stages 1-2) and 5x5 (3-4), no folds.
+_base_ = [
+    'mmseg::_base_/models/fpn_r50.py',
+    'mmseg::_base_/datasets/ade20k.py',
+    'mmseg::_base_/default_runtime.py',
+    './_base_/fec_adamw_ade20k_80k.py',
+]
+custom_imports = dict(imports=['fec_mm'], allow_failed_imports=False)
+
+crop_size = (512, 512)
+model = dict(
+    # Training crops are 512x512; test images (short side 512, any long side)
+    # are padded to FEC(...).size_divisor == 32 and the padding is cropped
+    # from the prediction.
+    data_preprocessor=dict(size=crop_size, test_cfg=dict(size_divisor=32)),
+    pretrained=None,
+    backbone=dict(
+        _delete_=True,
+        type='FEC',
+        arch='small',
+        num_centers=(10, 10, 5, 5),
+        folds=(1, 1, 1, 1),
+        out_indices=(0, 1, 2, 3),
+        drop_path_rate=0.,
+        init_cfg=None),
+    neck=dict(in_channels=[32, 64, 196, 320]),
+    decode_head=dict(num_classes=150))
