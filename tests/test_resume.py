@@ -92,6 +92,19 @@ def test_resume_from_named_checkpoint_continues_exactly(runs, tmp_path):
     _assert_equal_weights(full, resumed)
 
 
+def test_resume_without_a_configured_seed_continues_exactly(runs, tmp_path):
+    """randomness.seed=None: the resumed run takes the checkpoint's seed
+    (mmengine alone would shuffle the data with a new one)."""
+    name, loop, tmp, config, full, _ = runs
+    if name != 'iter':
+        pytest.skip('one loop type is enough here')
+    runner, resumed = _train(config, tmp_path / 'other', '--resume',
+                             str(tmp / 'split' / loop['checkpoint']),
+                             '--cfg-options', 'randomness.seed=None')
+    assert runner.seed == 0 and runner.train_dataloader.sampler.seed == 0
+    _assert_equal_weights(full, resumed)
+
+
 def test_without_restoring_rng_states_weights_differ(runs, tmp_path, monkeypatch):
     """The check above has teeth: the randomness in the config matters."""
     name, loop, tmp, config, full, _ = runs

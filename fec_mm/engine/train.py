@@ -10,9 +10,9 @@ from typing import Optional, Sequence
 import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
-from mmengine.runner import Runner
+from mmengine.runner import Runner, find_latest_checkpoint
 
-from .checkpoint_loader import register_trusted_local_loader
+from .checkpoint_loader import load_from_trusted_local, register_trusted_local_loader
 from .cli import add_common_args, build_runner, load_config, setup_distributed
 from .data_checks import check_data_paths
 from .rng_state_hook import RngStateHook
@@ -95,6 +95,29 @@ def build_train_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def use_resumed_seed(cfg: Config) -> None:
+    """A resumed run without ``randomness.seed`` takes the checkpoint's seed
+    from the start.
+
+    mmengine re-seeds from the checkpoint only after the dataloaders were
+    built, so their sampler and worker seeds would come from a new random
+    seed and the data order would differ from the interrupted run.
+
+    Args:
+        cfg (Config): Changed in place.
+    """
+    if not cfg.get('resume') or cfg.get('randomness', {}).get('seed') is not None:
+        return
+    path = cfg.get('load_from') or find_latest_checkpoint(cfg.work_dir)
+    if path is None or '://' in path:
+        return
+    checkpoint = load_from_trusted_local(path, map_location='cpu')
+    seed = checkpoint.get('meta', {}).get('seed') if isinstance(checkpoint, dict) else None
+    if seed is not None:
+        cfg.randomness = dict(cfg.get('randomness') or {}, seed=seed)
+        print_log(f'resuming: seed {seed} of {path}', logger='current')
+
+
 def train(args: argparse.Namespace) -> Runner:
     """Train as ``tools/train.py`` does.
 
@@ -107,6 +130,7 @@ def train(args: argparse.Namespace) -> Runner:
     """
     register_trusted_local_loader()
     cfg = build_train_config(args)
+    use_resumed_seed(cfg)
     setup_distributed(cfg, args)
     runner = build_runner(cfg)
     runner.train()
