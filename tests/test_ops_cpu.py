@@ -182,9 +182,14 @@ def test_missing_extension_falls_back_to_reference_and_logs_once():
 
 
 @pytest.mark.parametrize('op', ['cluster_assign', 'cluster_encode', 'cluster_pool'])
-def test_custom_ops_pass_opcheck(op):
-    """Schema, fake (meta) implementation and autograd registration of the cpu ops."""
+@pytest.mark.parametrize('transposed', [False, True])
+def test_custom_ops_pass_opcheck(op, transposed):
+    """Schema, fake (meta) implementation (also its strides) and autograd of the cpu ops."""
     points, values, centers, value_centers = _inputs(2, 10, 3, 4, seed=1)
+    if transposed:  # as the backbone's pooled centers: (R, d, M) transposed
+        points, values, centers, value_centers = (
+            t.transpose(1, 2).contiguous().transpose(1, 2)
+            for t in (points, values, centers, value_centers))
     alpha, beta = _scalars(1.0, 0.2)
     args = {'cluster_assign': (points, centers),
             'cluster_encode': (points, values, centers, value_centers, alpha, beta),

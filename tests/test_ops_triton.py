@@ -164,8 +164,13 @@ def test_float64_is_refused_and_auto_falls_back():
 
 @kernels
 @pytest.mark.parametrize('op', ['cluster_assign', 'cluster_encode', 'cluster_pool'])
-def test_custom_ops_pass_opcheck(op):
+@pytest.mark.parametrize('transposed', [False, True])
+def test_custom_ops_pass_opcheck(op, transposed):
     points, values, centers, value_centers = _inputs(1, 6, 3, 4, seed=1)
+    if transposed:  # the fake outputs must have the kernels' (contiguous) strides
+        points, values, centers, value_centers = (
+            t.transpose(1, 2).contiguous().transpose(1, 2)
+            for t in (points, values, centers, value_centers))
     alpha, beta = _scalars(1.0, 0.2)
     args = {'cluster_assign': (points, centers),
             'cluster_encode': (points, values, centers, value_centers, alpha, beta),
@@ -173,3 +178,26 @@ def test_custom_ops_pass_opcheck(op):
     _ops()  # registers the custom ops
     torch.library.opcheck(getattr(torch.ops.fec_mm, f'{op}_triton').default,
                           tuple(a.requires_grad_() for a in args))
+
+
+@kernels
+def test_backbone_matches_reference():
+    """A whole (small) FEC runs on the Triton ops: outputs and gradients."""
+    from fec_mm.models import FEC
+    tiny = dict(arch=dict(depths=(1, 1, 1, 1), widths=(16, 24, 32, 40), heads=(2, 2, 4, 4),
+                          head_dim=8), num_centers=(3, 3, 2, 2), folds=(2, 2, 1, 1))
+    x = torch.randn(1, 3, 32, 64, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    results = []
+    for impl in ('triton', 'reference'):
+        torch.manual_seed(0)
+        model = FEC(**tiny, ops_impl=impl).to(DEVICE)
+        outs = model(x)
+        sum(o.sum() for o in outs).backward()
+        results.append((outs, {n: p.grad for n, p in model.named_parameters()
+                               if p.grad is not None}))
+    (outs, grads), (ref_outs, ref_grads) = results
+    for o, r in zip(outs, ref_outs):
+        torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-3, atol=1e-5, msg=name)

@@ -31,6 +31,12 @@ def _scalar_grad(grad: Tensor, like: Tensor) -> Tensor:
     return grad.to(like.dtype).reshape(like.shape)
 
 
+def _like(t: Tensor) -> Tensor:
+    """Fake output shaped like ``t`` but contiguous, as the kernels return it
+    (``empty_like`` would copy the strides of a transposed input)."""
+    return t.new_empty(t.shape)
+
+
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
     """dtype of the saved cosine and aggregates: fp32 accumulation for halves."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -60,7 +66,7 @@ def _define(impl: str) -> dict:
 
     @assign_backward.register_fake
     def _(grad_cos, points, centers, index):
-        return torch.empty_like(points), torch.empty_like(centers)
+        return _like(points), _like(centers)
 
     def assign_setup(ctx, inputs, output):
         ctx.save_for_backward(inputs[0], inputs[1], output[1])
@@ -85,7 +91,7 @@ def _define(impl: str) -> dict:
         R, N, d = points.shape
         M = centers.shape[1]
         acc = state_dtype(points.dtype)
-        return (torch.empty_like(values), points.new_empty(R, N, dtype=torch.int64),
+        return (_like(values), points.new_empty(R, N, dtype=torch.int64),
                 points.new_empty(R, N, dtype=acc), value_centers.new_empty(R, M, d, dtype=acc),
                 points.new_empty(R, M, dtype=torch.int32))
 
@@ -99,8 +105,8 @@ def _define(impl: str) -> dict:
     @encode_backward.register_fake
     def _(grad_out, points, centers, alpha, beta, index, cos, g, count):
         scalar = grad_out.new_empty((), dtype=torch.float64)
-        return (torch.empty_like(points), torch.empty_like(grad_out), torch.empty_like(centers),
-                grad_out.new_empty(g.shape), scalar, torch.empty_like(scalar))
+        return (_like(points), _like(grad_out), _like(centers),
+                grad_out.new_empty(g.shape), scalar, _like(scalar))
 
     def encode_setup(ctx, inputs, output):
         points, _, centers, _, alpha, beta = inputs
@@ -129,7 +135,7 @@ def _define(impl: str) -> dict:
     def _(points, values, centers, value_centers):
         R, N, _ = points.shape
         M = centers.shape[1]
-        return (torch.empty_like(value_centers), points.new_empty(R, N, dtype=torch.int64),
+        return (_like(value_centers), points.new_empty(R, N, dtype=torch.int64),
                 points.new_empty(R, M, dtype=torch.int32))
 
     @torch.library.custom_op(f'{ns}cluster_pool_backward_{impl}', mutates_args=())
@@ -139,7 +145,7 @@ def _define(impl: str) -> dict:
     @pool_backward.register_fake
     def _(grad_g, index, count):
         R, N = index.shape
-        return grad_g.new_empty(R, N, grad_g.shape[2]), torch.empty_like(grad_g)
+        return grad_g.new_empty(R, N, grad_g.shape[2]), _like(grad_g)
 
     def pool_setup(ctx, inputs, output):
         ctx.save_for_backward(output[1], output[2])
