@@ -23,8 +23,8 @@ from fec_mm.engine import (
     slurm_first_host,
 )
 from fec_mm.engine.launch import pytorch_dist_env, use_cpu_model_wrapper
-from fec_mm.engine.test import test as run_test  # not test(): pytest would collect it
-from fec_mm.engine.train import build_train_config
+from fec_mm.engine.testing import test as run_test  # not test(): pytest would collect it
+from fec_mm.engine.training import build_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = not torch.cuda.is_available()

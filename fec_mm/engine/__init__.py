@@ -9,8 +9,8 @@ from .checkpoint_loader import load_from_trusted_local, register_trusted_local_l
 from .data_checks import check_data_paths
 from .launch import init_cpu_distributed, mpi_dist_env, slurm_dist_env, slurm_first_host
 from .rng_state_hook import RngStateHook
-from .test import build_test_parser, test
-from .train import build_train_parser, train
+from .testing import build_test_parser, test
+from .training import build_train_parser, train
 
 __all__ = [
     'RngStateHook', 'build_test_parser', 'build_train_parser', 'check_data_paths',
