@@ -29,7 +29,7 @@
 namespace {
 
 constexpr double kEps = 1e-12;          // F.normalize's clamp of the norm
-constexpr int64_t kPointBlock = 128;    // points per assignment tile
+constexpr int64_t kPointBlock = 512;    // points per assignment tile
 constexpr int64_t kCenterBlock = 512;   // centers per assignment tile
 constexpr int64_t kChunk = 16;          // channels per aggregation task
 
