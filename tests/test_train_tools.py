@@ -50,6 +50,7 @@ def test_train_arguments_as_mmdet(config, data, tmp_path, monkeypatch):
     assert cfg.work_dir == os.path.join('./work_dirs', 'tiny')
     assert cfg.launcher == 'none' and not cfg.get('resume', False)
     assert [h['type'] for h in cfg.custom_hooks] == ['RngStateHook']
+    assert cfg.custom_imports.imports == ['fec_mm', 'fec_mm.engine']  # registers the hook
     cfg = _train_config(config, '--work-dir', 'wd', '--resume',
                         '--cfg-options', 'train_cfg.max_iters=7', 'optim_wrapper.optimizer.lr=0.5')
     assert cfg.work_dir == 'wd' and cfg.resume is True and cfg.load_from is None

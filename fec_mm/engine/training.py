@@ -88,6 +88,12 @@ def build_train_config(args: argparse.Namespace) -> Config:
     hooks = list(cfg.get('custom_hooks') or [])
     if not any(isinstance(h, dict) and h.get('type') == RngStateHook.__name__ for h in hooks):
         cfg.custom_hooks = hooks + [dict(type=RngStateHook.__name__)]
+        # The config dumped to the work dir then also builds with other tools.
+        custom_imports = dict(cfg.get('custom_imports') or dict(allow_failed_imports=False))
+        imports = list(custom_imports.get('imports', []))
+        if __package__ not in imports:
+            custom_imports['imports'] = imports + [__package__]
+            cfg.custom_imports = custom_imports
 
     # The Runner builds the validation loop only when val_cfg is set.
     used = ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') is not None else [])
