@@ -90,7 +90,8 @@ def build_train_config(args: argparse.Namespace) -> Config:
         cfg.custom_hooks = hooks + [dict(type=RngStateHook.__name__)]
         # The config dumped to the work dir then also builds with other tools.
         custom_imports = dict(cfg.get('custom_imports') or dict(allow_failed_imports=False))
-        imports = list(custom_imports.get('imports', []))
+        imports = custom_imports.get('imports', [])
+        imports = [imports] if isinstance(imports, str) else list(imports)
         if __package__ not in imports:
             custom_imports['imports'] = imports + [__package__]
             cfg.custom_imports = custom_imports
