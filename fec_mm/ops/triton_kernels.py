@@ -255,11 +255,11 @@ def _members(index: Tensor, M: int) -> Tuple[Tensor, Tensor, Tensor]:
     """Points sorted by (region, center), stably: (perm, offsets, count int32)."""
     R, N = index.shape
     key = (index + torch.arange(R, device=index.device)[:, None] * M).reshape(-1)
-    perm = torch.argsort(key, stable=True)
-    count = torch.bincount(key, minlength=R * M)
-    offsets = torch.zeros(R * M + 1, dtype=torch.int64, device=index.device)
-    torch.cumsum(count, 0, out=offsets[1:])
-    return perm, offsets, count.to(torch.int32).view(R, M)
+    sorted_key, perm = torch.sort(key, stable=True)
+    # searchsorted rather than bincount: no atomics, and allowed under
+    # torch.use_deterministic_algorithms(True)
+    offsets = torch.searchsorted(sorted_key, torch.arange(R * M + 1, device=index.device))
+    return perm, offsets, offsets.diff().to(torch.int32).view(R, M)
 
 
 def _segment_sum(x: Tensor, perm: Tensor, offsets: Tensor, M: int, weight: Tensor = None,

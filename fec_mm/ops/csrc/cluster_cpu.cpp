@@ -33,6 +33,15 @@ constexpr int64_t kPointBlock = 512;    // points per assignment tile
 constexpr int64_t kCenterBlock = 512;   // centers per assignment tile
 constexpr int64_t kChunk = 16;          // channels per aggregation task
 
+// Grain of at::parallel_for for items of `work` scalar operations each: a
+// loop with less than kSerialWork operations in all runs inline. Starting a
+// parallel region costs more than small loops, and on a loaded machine every
+// region waits for its slowest thread to be scheduled.
+constexpr int64_t kSerialWork = int64_t(1) << 22;
+inline int64_t grain(int64_t work) {
+  return std::max<int64_t>(1, kSerialWork / std::max<int64_t>(work, 1));
+}
+
 // ---------------------------------------------------------------- argmax of a row
 // First index of the maximum of row[0:len) (ties to the lowest index).
 template <typename scalar_t>
@@ -159,7 +168,7 @@ void assign_impl(const at::Tensor& points, const at::Tensor& cn, int sign, at::T
   const at::Tensor signed_cn = sign < 0 ? -cn : cn;  // negation is exact
   const int64_t blocks = (N + kPointBlock - 1) / kPointBlock;
 
-  at::parallel_for(0, R * blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, R * blocks, grain(kPointBlock * M * d), [&](int64_t begin, int64_t end) {
     // Grad mode is thread-local: worker threads must not record the mm.
     at::NoGradGuard no_grad;
     at::Tensor tile = at::empty({kPointBlock * std::min(M, kCenterBlock)}, points.options());
@@ -216,7 +225,7 @@ at::Tensor count_members(const at::Tensor& index, int64_t M) {
   at::Tensor count = at::zeros({R, M}, index.options().dtype(at::kInt));
   const int64_t* idx = index.data_ptr<int64_t>();
   int32_t* cnt = count.data_ptr<int32_t>();
-  at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, R, grain(N), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
       for (int64_t n = 0; n < N; ++n) ++cnt[r * M + idx[r * N + n]];
   });
@@ -236,7 +245,7 @@ void scatter_rows(const at::Tensor& x, const double* weight, const at::Tensor& i
   const in_t* b_ptr = base.defined() ? base.data_ptr<in_t>() : nullptr;
   const int64_t* idx = index.data_ptr<int64_t>();
   out_t* o_ptr = out.data_ptr<out_t>();
-  at::parallel_for(0, R * chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, R * chunks, grain(N * kChunk), [&](int64_t begin, int64_t end) {
     std::vector<double> acc;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / chunks, k0 = (task % chunks) * kChunk;
@@ -289,7 +298,7 @@ std::tuple<at::Tensor, at::Tensor> cos_backward(const at::Tensor& gcos, const at
   const double* g_ptr = gcos.data_ptr<double>();
   double* w_ptr = w.data_ptr<double>();
   scalar_t* gp_ptr = gp.data_ptr<scalar_t>();
-  at::parallel_for(0, R * N, 256, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, R * N, grain(4 * d), [&](int64_t begin, int64_t end) {
     std::vector<double> dy(d);
     for (int64_t i = begin; i < end; ++i) {
       const scalar_t* p = p_ptr + i * d;
@@ -305,7 +314,7 @@ std::tuple<at::Tensor, at::Tensor> cos_backward(const at::Tensor& gcos, const at
   const scalar_t* c_ptr = centers.data_ptr<scalar_t>();
   const double* gcn_ptr = gcn.data_ptr<double>();
   scalar_t* gc_ptr = gc.data_ptr<scalar_t>();
-  at::parallel_for(0, R * M, 256, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, R * M, grain(4 * d), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i)
       normalize_backward_row(c_ptr + i * d, gcn_ptr + i * d, gc_ptr + i * d, d);
   });
@@ -373,7 +382,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cluster_e
     const scalar_t* cos_ptr = cos.data_ptr<scalar_t>();
     const int64_t* idx = index.data_ptr<int64_t>();
     scalar_t* o_ptr = out.data_ptr<scalar_t>();
-    at::parallel_for(0, R * N, 256, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, R * N, grain(4 * d), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const double s = sigmoid(b + a * static_cast<double>(cos_ptr[i]));
         const scalar_t* gr = g_ptr + ((i / N) * M + idx[i]) * d;
@@ -409,7 +418,7 @@ cluster_encode_backward(const at::Tensor& grad_out, const at::Tensor& points,
   double* gcos_ptr = gcos.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "cluster_encode_backward", [&] {
     const scalar_t* cos_ptr = cos.data_ptr<scalar_t>();
-    at::parallel_for(0, R * N, 1024, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, R * N, grain(16), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) s_ptr[i] = sigmoid(b + a * cos_ptr[i]);
     });
     scatter_rows<scalar_t, scalar_t>(grad_out, s_ptr, index, at::Tensor(), nullptr, grad_g);
@@ -418,7 +427,7 @@ cluster_encode_backward(const at::Tensor& grad_out, const at::Tensor& points,
     const scalar_t* gg = grad_g.data_ptr<scalar_t>();
     scalar_t* gv_ptr = gv.data_ptr<scalar_t>();
     scalar_t* gvc_ptr = gvc.data_ptr<scalar_t>();
-    at::parallel_for(0, R * N, 256, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, R * N, grain(4 * d), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t row = ((i / N) * M + idx[i]);
         const double inv = 1.0 / (1.0 + cnt[row]);
@@ -429,7 +438,7 @@ cluster_encode_backward(const at::Tensor& grad_out, const at::Tensor& points,
           gv_ptr[i * d + k] = static_cast<scalar_t>(gg[row * d + k] * inv);
       }
     });
-    at::parallel_for(0, R * M, 256, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, R * M, grain(4 * d), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const double inv = 1.0 / (1.0 + cnt[i]);
         for (int64_t k = 0; k < d; ++k)
@@ -482,7 +491,7 @@ std::tuple<at::Tensor, at::Tensor> cluster_pool_backward(const at::Tensor& grad_
   AT_DISPATCH_FLOATING_TYPES(grad_g.scalar_type(), "cluster_pool_backward", [&] {
     const scalar_t* src = gvc.data_ptr<scalar_t>();
     scalar_t* dst = gv.data_ptr<scalar_t>();
-    at::parallel_for(0, R * N, 256, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, R * N, grain(4 * d), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i)
         std::copy_n(src + ((i / N) * M + idx[i]) * d, d, dst + i * d);
     });
