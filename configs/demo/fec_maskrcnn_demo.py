@@ -11,7 +11,7 @@ data_root = 'data/demo/coco/'
 metainfo = dict(classes=('circle', 'square', 'triangle'),
                 palette=[(220, 20, 60), (0, 160, 60), (30, 60, 230)])
 image_scale = (160, 128)
-num_epochs = 3
+num_epochs = 2
 
 model = dict(
     roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)),
@@ -45,13 +45,13 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
 test_evaluator = val_evaluator
 
-# Schedule: from scratch, so a higher lr and a short warm-up; one evaluation
-# and one checkpoint, at the end.
-optim_wrapper = dict(optimizer=dict(lr=1e-3))
+# Schedule: from scratch, so a higher lr and a short warm-up, the lr cut by
+# 0.2 for the last epoch; one evaluation and one checkpoint, at the end.
+optim_wrapper = dict(optimizer=dict(lr=5e-4))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),
     dict(type='MultiStepLR', begin=0, end=num_epochs, by_epoch=True,
-         milestones=[num_epochs - 3], gamma=0.2),
+         milestones=[num_epochs - 1], gamma=0.2),
 ]
 train_cfg = dict(max_epochs=num_epochs, val_interval=num_epochs)
 default_hooks = dict(logger=dict(interval=10),
