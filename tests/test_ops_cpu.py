@@ -214,3 +214,24 @@ def test_compile_has_no_graph_break_at_the_ops():
     torch.testing.assert_close(loss, expected_loss)
     for g, e in zip(grads, expected):
         torch.testing.assert_close(g, e)
+
+
+def test_ops_need_torch_alone():
+    """fec_mm.ops, running its reference and cpu ops, imports no OpenMMLab package."""
+    code = (
+        'import os, sys, types, torch\n'
+        "pkg = types.ModuleType('fec_mm')\n"  # skip fec_mm/__init__ (it registers FEC)
+        f"pkg.__path__ = [{os.path.dirname(cpu.__file__)!r} + '/..']\n"
+        "sys.modules['fec_mm'] = pkg\n"
+        'from fec_mm.ops import cluster_encode, cluster_pool\n'
+        'p = torch.randn(2, 6, 3)\n'
+        "for impl in ('reference', 'cpu'):\n"
+        '    cluster_encode(p, p, p[:, :2], p[:, :2], torch.ones(1), torch.zeros(1), impl=impl)\n'
+        '    cluster_pool(p, p, p[:, :2], p[:, :2], impl=impl)\n'
+        "assert 'fec_mm._ext' in sys.modules\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('mmengine', 'mmcv', 'mmdet', 'mmseg', 'mmpretrain')))\n")
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == '[]'
