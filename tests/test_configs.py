@@ -6,7 +6,14 @@ import math
 
 import pytest
 import torch
-from demo_config_helpers import DEMO_CONFIGS, REAL_CONFIGS, load_demo_config, model_cfg, registry
+from demo_config_helpers import (
+    DEMO_CONFIGS,
+    REAL_CONFIGS,
+    load_demo_config,
+    model_cfg,
+    one_torch_thread,  # noqa: F401  (autouse fixture)
+    registry,
+)
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import PARAM_SCHEDULERS

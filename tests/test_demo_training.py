@@ -5,7 +5,11 @@ import math
 
 import pytest
 import torch
-from demo_config_helpers import CONFIG_DIR, load_demo_config
+from demo_config_helpers import (
+    CONFIG_DIR,
+    load_demo_config,
+    one_torch_thread,  # noqa: F401  (autouse fixture)
+)
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
@@ -47,6 +51,10 @@ def test_demo_config_trains_and_evaluates(name, metrics, demo_root, tmp_path):
     else:
         cfg.train_cfg.update(max_epochs=2 if cfg.default_scope == 'mmpretrain' else 1,
                              val_interval=1)
+    if cfg.default_scope == 'mmdet':
+        # An untrained detector keeps 100 boxes (and masks) per image: fewer.
+        cfg.model.test_cfg.rpn.max_per_img = 50
+        cfg.model.test_cfg.rcnn.max_per_img = 10
     cfg.default_hooks.checkpoint.update(interval=1000, save_last=False)
     cfg.default_hooks.logger.interval = 1
     cfg.work_dir = str(tmp_path)

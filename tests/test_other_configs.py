@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 import torch
+from demo_config_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
