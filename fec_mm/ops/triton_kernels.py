@@ -13,6 +13,9 @@ used through :mod:`fec_mm.ops.library`. Semantics are those of ``reference.py``
   sums the members of one center in point order.
 - Everything accumulates in fp32; float16 / bfloat16 inputs are loaded as they
   are and results are cast back to the input dtype.
+- N and M are runtime arguments (M = N/4 in pooling changes with every image
+  size in detection: constexpr would recompile per size); the channel count d
+  is a compile-time constant (the channel loops are unrolled).
 """
 from typing import Tuple
 
@@ -38,8 +41,8 @@ def _block_d(d: int) -> int:
 
 # --------------------------------------------------------------------------- kernels
 @triton.jit
-def _assign_kernel(P, CN, ALPHA, IDX, COS, N,
-                   M: tl.constexpr, D: tl.constexpr, USE_ALPHA: tl.constexpr,
+def _assign_kernel(P, CN, ALPHA, IDX, COS, N, M,
+                   D: tl.constexpr, USE_ALPHA: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """index[r, n] = argmax_m sign(alpha)·(ĉ_m · p_n), cos[r, n] = ĉ_index · p̂_n."""
     pid_n = tl.program_id(0)
@@ -118,8 +121,8 @@ def _segment_sum_kernel(X, WEIGHT, PERM, OFFSETS, BASE, OUT,
 
 
 @triton.jit
-def _dispatch_kernel(G, IDX, COS, ALPHA, BETA, OUT, N,
-                     M: tl.constexpr, D: tl.constexpr, USE_SIM: tl.constexpr,
+def _dispatch_kernel(G, IDX, COS, ALPHA, BETA, OUT, N, M,
+                     D: tl.constexpr, USE_SIM: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """out_n = sigmoid(β + α·cos_n)·g_{a(n)} (USE_SIM, spec §2 step 7) or g_{a(n)}."""
     pid_n = tl.program_id(0)
@@ -145,8 +148,8 @@ def _dispatch_kernel(G, IDX, COS, ALPHA, BETA, OUT, N,
 
 @triton.jit
 def _point_backward_kernel(GRAD_OUT, G, GRAD_G, COUNT, IDX, COS, ALPHA, BETA, GRAD_COS,
-                           P, CN, GRAD_V, GRAD_P, GZ, WEIGHT, N,
-                           M: tl.constexpr, D: tl.constexpr, ENCODE: tl.constexpr,
+                           P, CN, GRAD_V, GRAD_P, GZ, WEIGHT, N, M,
+                           D: tl.constexpr, ENCODE: tl.constexpr,
                            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """Per-point gradients; a point only meets its own center, so O(N·d).
 
@@ -245,8 +248,8 @@ def _assign(points: Tensor, cn: Tensor, alpha: Tensor = None) -> Tuple[Tensor, T
     index = torch.empty(R, N, dtype=torch.int64, device=points.device)
     cos = torch.empty(R, N, dtype=torch.float32, device=points.device)
     _assign_kernel[_grid(R, N)](
-        points, cn, alpha if alpha is not None else cos, index, cos, N,
-        M=M, D=d, USE_ALPHA=alpha is not None,
+        points, cn, alpha if alpha is not None else cos, index, cos, N, M,
+        D=d, USE_ALPHA=alpha is not None,
         BLOCK_N=_BLOCK_N, BLOCK_M=_BLOCK_M, BLOCK_D=_block_d(d))
     return index, cos
 
@@ -283,7 +286,7 @@ def _dispatch(g: Tensor, index: Tensor, out_dtype: torch.dtype, cos: Tensor = No
     use_sim = cos is not None
     _dispatch_kernel[_grid(R, N)](
         g, index, cos if use_sim else g, alpha if use_sim else g, beta if use_sim else g,
-        out, N, M=M, D=d, USE_SIM=use_sim, BLOCK_N=_BLOCK_N, BLOCK_D=_block_d(d))
+        out, N, M, D=d, USE_SIM=use_sim, BLOCK_N=_BLOCK_N, BLOCK_D=_block_d(d))
     return out
 
 
@@ -304,8 +307,8 @@ def _cos_backward(points: Tensor, centers: Tensor, cn: Tensor, index: Tensor,
         args = (points, points, points, index, index, points, points, points, grad_cos)
     _point_backward_kernel[_grid(R, N)](
         *args, points, cn, grad_v if grad_v is not None else grad_p, grad_p,
-        gz if gz is not None else weight, weight, N,
-        M=M, D=d, ENCODE=encode is not None, BLOCK_N=_BLOCK_N, BLOCK_D=_block_d(d))
+        gz if gz is not None else weight, weight, N, M,
+        D=d, ENCODE=encode is not None, BLOCK_N=_BLOCK_N, BLOCK_D=_block_d(d))
     perm, offsets, _ = _members(index, M)
     grad_cn = _segment_sum(points, perm, offsets, M, weight=weight)
     grad_c = _normalize_backward(centers, grad_cn).to(centers.dtype)
