@@ -19,8 +19,8 @@ DEMO_DATA_ROOT = 'data/demo'
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """One compute thread (import this fixture into a test module to use it):
-    on 2 cores shared with other jobs, torch's spinning OpenMP threads slow
-    these steps down 5-10x, one thread about 2x (measured)."""
+    on 2 cores shared with other jobs, torch's two spinning OpenMP threads
+    made these steps 5-10x slower than one thread (measured)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

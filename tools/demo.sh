@@ -10,8 +10,8 @@ PY=.venv/bin/python
 CONFIG=configs/demo/fec_maskrcnn_demo.py
 WORK_DIR=work_dirs/fec_maskrcnn_demo
 # One compute thread unless told otherwise: on 2 cores shared with other
-# jobs, torch's spinning OpenMP threads slow a step down 5-10x, one thread
-# only about 2x (measured). Set OMP_NUM_THREADS to use more on an idle machine.
+# jobs, a step on torch's two spinning OpenMP threads took 5-10x as long as
+# on one (measured). Set OMP_NUM_THREADS to use more on an idle machine.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
 "$PY" tools/make_demo_data.py --out data/demo
