@@ -3,7 +3,7 @@
 # train FEC-Small Mask R-CNN on it on CPU, evaluate it at the end of
 # training (COCO bbox/segm AP from pycocotools), then print a summary and
 # check that the loss fell and both APs are above 0 (exit status 1 if not).
-# Extra arguments go to tools/train.py (e.g. --cfg-options train_cfg.max_epochs=1).
+# Extra arguments go to tools/train.py (e.g. --cfg-options randomness.seed=0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
