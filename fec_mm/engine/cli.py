@@ -6,6 +6,7 @@ import os.path as osp
 from datetime import timedelta
 
 import torch
+import torch.distributed as torch_dist
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -59,6 +60,19 @@ def setup_distributed(cfg: Config, args: argparse.Namespace) -> None:
     init_cpu_distributed(args.launcher,
                          timedelta(seconds=timeout) if timeout is not None else None)
     use_cpu_model_wrapper(cfg)
+
+
+def finish_distributed() -> None:
+    """Wait for every rank, then close the process group.
+
+    Without this, a rank that is done (rank 1, say) exits while another still
+    works (rank 0 saving the last checkpoint); the gloo threads of the rank
+    left behind then lose their peer and abort the process ("terminate called
+    without an active exception"), failing a run that had succeeded.
+    """
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()
 
 
 def build_runner(cfg: Config) -> Runner:

@@ -11,7 +11,13 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 from .checkpoint_loader import load_from_trusted_local, register_trusted_local_loader
-from .cli import add_common_args, build_runner, load_config, setup_distributed
+from .cli import (
+    add_common_args,
+    build_runner,
+    finish_distributed,
+    load_config,
+    setup_distributed,
+)
 from .data_checks import check_data_paths
 
 
@@ -90,7 +96,9 @@ def test(args: argparse.Namespace) -> dict:
     runner = build_runner(cfg)
     if '://' not in args.checkpoint:
         check_checkpoint_fits(runner, args.checkpoint)
-    return runner.test()
+    metrics = runner.test()
+    finish_distributed()
+    return metrics
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -13,7 +13,13 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner, find_latest_checkpoint
 
 from .checkpoint_loader import load_from_trusted_local, register_trusted_local_loader
-from .cli import add_common_args, build_runner, load_config, setup_distributed
+from .cli import (
+    add_common_args,
+    build_runner,
+    finish_distributed,
+    load_config,
+    setup_distributed,
+)
 from .data_checks import check_data_paths
 from .rng_state_hook import RngStateHook
 
@@ -141,6 +147,7 @@ def train(args: argparse.Namespace) -> Runner:
     setup_distributed(cfg, args)
     runner = build_runner(cfg)
     runner.train()
+    finish_distributed()
     return runner
 
 
