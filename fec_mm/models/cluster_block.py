@@ -1,24 +1,43 @@
 """The pre-norm residual cluster block of FEC (spec §2)."""
+from typing import Optional
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from torch import Tensor
 
+from ..ops import channel_mlp
 from .cluster_encoder import ClusterEncoder
 
 
 class ChannelsLastMlp(nn.Module):
-    """Linear(C, r·C) -> act -> Linear(r·C, C) applied over the channels of a map."""
+    """Linear(C, r·C) -> act -> Linear(r·C, C) applied over the channels of a map.
 
-    def __init__(self, channels: int, hidden_channels: int, act_cfg: dict) -> None:
+    With the exact GELU (the default) it runs :func:`fec_mm.ops.channel_mlp`:
+    ``ops_impl='reference'`` the plain PyTorch layers, any other the chunked,
+    memory-lean implementation. Other activations use the plain layers.
+    """
+
+    def __init__(self, channels: int, hidden_channels: int, act_cfg: dict,
+                 ops_impl: str = 'auto') -> None:
         super().__init__()
         self.fc1 = nn.Linear(channels, hidden_channels)
         self.act = build_activation_layer(act_cfg)
         self.fc2 = nn.Linear(hidden_channels, channels)
+        self.impl = 'reference' if ops_impl == 'reference' else 'auto'
+        self.fused = type(self.act) is nn.GELU and self.act.approximate == 'none'
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x.permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
+    def forward(self, x: Tensor, scale: Optional[Tensor] = None) -> Tensor:
+        """(B, C, H, W) -> (B, C, H, W); ``scale`` (C,) multiplies the output
+        through fc2's weights, so the scaled output is not saved for backward."""
+        w2, b2 = self.fc2.weight, self.fc2.bias
+        if scale is not None:
+            w2, b2 = w2 * scale[:, None], b2 * scale
+        if self.fused:
+            return channel_mlp(x, self.fc1.weight, self.fc1.bias, w2, b2, impl=self.impl)
+        return F.linear(self.act(self.fc1(x.permute(0, 2, 3, 1))), w2, b2).permute(0, 3, 1, 2)
 
 
 class ClusterBlock(nn.Module):
@@ -46,11 +65,12 @@ class ClusterBlock(nn.Module):
         self.norm1 = build_norm_layer(norm_cfg, channels)[1]
         self.token_mixer = ClusterEncoder(channels, heads, head_dim, num_centers, fold, ops_impl)
         self.norm2 = build_norm_layer(norm_cfg, channels)[1]
-        self.mlp = ChannelsLastMlp(channels, mlp_ratio * channels, act_cfg)
+        self.mlp = ChannelsLastMlp(channels, mlp_ratio * channels, act_cfg, ops_impl)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.layer_scale_1 = nn.Parameter(torch.full((channels,), layer_scale_init))
         self.layer_scale_2 = nn.Parameter(torch.full((channels,), layer_scale_init))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.layer_scale_1[:, None, None] * self.token_mixer(self.norm1(x)))
-        return x + self.drop_path(self.layer_scale_2[:, None, None] * self.mlp(self.norm2(x)))
+        # The layer scales act through the last weights of the mixer and MLP.
+        x = x + self.drop_path(self.token_mixer(self.norm1(x), scale=self.layer_scale_1))
+        return x + self.drop_path(self.mlp(self.norm2(x), scale=self.layer_scale_2))

@@ -1,4 +1,6 @@
 """Clustering-based feature encoding, the token mixer of FEC (spec §2)."""
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -36,8 +38,12 @@ class ClusterEncoder(nn.Module):
         self.sim_alpha = nn.Parameter(torch.ones(1))
         self.sim_beta = nn.Parameter(torch.zeros(1))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, C, H, W); H and W divisible by ``fold``."""
+    def forward(self, x: Tensor, scale: Optional[Tensor] = None) -> Tensor:
+        """(B, C, H, W) -> (B, C, H, W); H and W divisible by ``fold``.
+
+        ``scale`` (C,) multiplies the output through the projection's weights,
+        so the scaled output is not saved for backward.
+        """
         points, layout = map_to_points(self.f(x), self.heads, self.fold)
         values, _ = map_to_points(self.v(x), self.heads, self.fold)
         _, _, d, _, h, w = layout
@@ -48,4 +54,7 @@ class ClusterEncoder(nn.Module):
             values.transpose(1, 2).reshape(-1, d, h, w), size).flatten(2).transpose(1, 2)
         out = cluster_encode(points, values, centers, value_centers,
                              self.sim_alpha, self.sim_beta, impl=self.ops_impl)
-        return self.proj(points_to_map(out, layout))
+        weight, bias = self.proj.weight, self.proj.bias
+        if scale is not None:
+            weight, bias = weight * scale[:, None, None, None], bias * scale
+        return F.conv2d(points_to_map(out, layout), weight, bias)
