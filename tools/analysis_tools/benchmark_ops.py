@@ -26,15 +26,20 @@ Method:
   CUDA: ``torch.cuda.max_memory_allocated()`` after
   ``reset_peak_memory_stats()``, minus the memory allocated before the step.
 - Each worker runs one warm-up step on small shapes first (extension loading,
-  thread pool, Triton compilation are not the step's cost), then the memory
-  step. glibc
-  gets a fixed mmap threshold (``MALLOC_MMAP_THRESHOLD_``), so that memory
-  freed by the warm-up is returned to the system rather than silently reused.
-- Time: the minimum over the memory step and at least ``--repeat`` further
-  steps (and at least one second of them, at most 50), with
-  ``torch.cuda.synchronize()`` on GPU; the
-  minimum is the figure least disturbed by other processes on a shared
-  machine. The ratios of one run, measured side by side, are what count.
+  thread pool, Triton compilation are not the step's cost), then the measured
+  steps.
+- Memory and time come from two separate fresh processes. The memory process
+  gives glibc a fixed mmap threshold (``MALLOC_MMAP_THRESHOLD_``), so that
+  memory freed by the warm-up is returned to the system rather than silently
+  reused, and measures one step. That setting also makes every allocation of
+  128 KiB or more fault its pages in again on every step (about half of such
+  a run was system time), which a training process does not pay, so the time
+  process runs with glibc's defaults.
+- Time: the minimum over at least ``--repeat`` steps after one untimed step
+  (and at least one second of them, at most 50), with
+  ``torch.cuda.synchronize()`` on GPU; the minimum is the figure least
+  disturbed by other processes on a shared machine. The ratios of one run,
+  measured side by side, are what count.
 
 Example (the README table)::
 
@@ -123,14 +128,17 @@ class PeakMemory:
             self.peak = max(maxrss, self.before) - max(self.maxrss_before, self.before)
 
 
-def _measure(step, warmup, device: str, repeat: int,
+def _measure(step, warmup, device: str, what: str, repeat: int,
              min_time: float = 1.0) -> Dict[str, float]:
+    """Peak memory of one step (``what='memory'``) or its time (``'time'``)."""
     warmup()  # small shapes: loads the extension, starts threads, compiles kernels
-    with PeakMemory(device) as mem:
-        start = time.perf_counter()
-        step()
-        times = [time.perf_counter() - start]
-    while len(times) < 1 + repeat or (sum(times) < min_time and len(times) < 50):
+    if what == 'memory':
+        with PeakMemory(device) as mem:
+            step()
+        return dict(peak_mb=mem.peak)
+    step()
+    times: List[float] = []
+    while len(times) < repeat or (sum(times) < min_time and len(times) < 50):
         if device == 'cuda':
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -138,7 +146,7 @@ def _measure(step, warmup, device: str, repeat: int,
         if device == 'cuda':
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return dict(peak_mb=mem.peak, time_s=min(times), median_s=statistics.median(times))
+    return dict(time_s=min(times), median_s=statistics.median(times))
 
 
 def _op_step(op: str, shape, impl: str, device: str, dtype: torch.dtype):
@@ -197,7 +205,7 @@ def worker(spec: dict) -> dict:
         step = _backbone_step(spec['setting'], spec['impl'], spec['device'], dtype)
         warmup = _backbone_step(spec['setting'], spec['impl'], spec['device'], dtype,
                                 size=(64, 64))
-    return _measure(step, warmup, spec['device'], spec['repeat'])
+    return _measure(step, warmup, spec['device'], spec['what'], spec['repeat'])
 
 
 # ------------------------------------------------------------------ parent side
@@ -209,12 +217,24 @@ MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': '131072', 'MALLOC_TRIM_THRESHOLD_': '131
 
 
 def run_isolated(spec: dict, timeout: int) -> Optional[dict]:
-    """Run one measurement in a fresh interpreter; None when it failed (e.g. OOM)."""
+    """Measure memory, then time, each in a fresh interpreter; None when one
+    failed (e.g. out of memory)."""
+    result = {}
+    for what, env in (('memory', MALLOC_ENV), ('time', {})):
+        part = _run_worker(dict(spec, what=what), env, timeout)
+        if part is None:
+            return None
+        result.update(part)
+    return result
+
+
+def _run_worker(spec: dict, env: dict, timeout: int) -> Optional[dict]:
     try:
         result = subprocess.run([sys.executable, __file__, '--worker', json.dumps(spec)],
                                 capture_output=True, text=True, timeout=timeout,
-                                env=dict(os.environ, **MALLOC_ENV))
+                                env=dict(os.environ, **env))
     except subprocess.TimeoutExpired:
+        sys.stderr.write(f'measurement {spec} timed out after {timeout} s\n')
         return None
     for line in reversed(result.stdout.splitlines()):
         if line.startswith('RESULT '):
@@ -307,8 +327,8 @@ def parse_args(argv=None):
                              "and cpu on CPU, reference and triton on CUDA)")
     parser.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'])
     parser.add_argument('--repeat', type=int, default=3, help='timed op steps')
-    parser.add_argument('--backbone-repeat', type=int, default=1,
-                        help='timed backbone steps after the memory step')
+    parser.add_argument('--backbone-repeat', type=int, default=2,
+                        help='timed backbone steps')
     parser.add_argument('--threads', type=int, default=0,
                         help='torch threads (0: the default). On a machine shared with other '
                              'jobs, 1 keeps parallel regions from waiting on busy cores')
