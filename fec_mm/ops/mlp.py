@@ -15,8 +15,6 @@ pre-activation and the hidden activation, ``(1 + 2·ratio)·C`` values per pixel
 
 The GELU is the exact (erf) one, as ``nn.GELU()``.
 """
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -25,8 +23,6 @@ IMPLS = ('auto', 'reference', 'chunked')
 # Pixels per block on CPU: the block's (hidden, pixels) matrices stay in the
 # core's cache. On GPUs one block is the whole image (recomputation only).
 CPU_BLOCK = 1024
-_SQRT_HALF = math.sqrt(0.5)
-_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
 
 
 def channel_mlp_reference(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
@@ -73,12 +69,9 @@ class _ChunkedMlp(torch.autograd.Function):
             for s, e in _blocks(H * W, x.device):
                 xb, gob = xs[b, :, s:e], gos[b, :, s:e]
                 pre = torch.addmm(b1[:, None], w1, xb)  # recomputed, not saved
-                cdf = torch.erf(pre * _SQRT_HALF).add_(1).mul_(0.5)
                 if need_w2:
-                    gw2 += torch.mm(gob, (pre * cdf).t())
-                # d GELU / d pre = Φ(pre) + pre·φ(pre)
-                slope = pre.square().mul_(-0.5).exp_().mul_(pre).mul_(_INV_SQRT_2PI).add_(cdf)
-                g_pre = torch.mm(w2.t(), gob).mul_(slope)
+                    gw2 += torch.mm(gob, F.gelu(pre).t())
+                g_pre = torch.ops.aten.gelu_backward(torch.mm(w2.t(), gob), pre)
                 if need_w1:
                     gw1 += torch.mm(g_pre, xb.t())
                 if need_b1:
