@@ -28,19 +28,21 @@ Method:
 - Each worker runs one warm-up step on small shapes first (extension loading,
   thread pool, Triton compilation are not the step's cost), then the measured
   steps.
-- Memory and time come from separate fresh processes. A memory process
-  measures one step of one implementation; it gives glibc a fixed mmap
-  threshold (``MALLOC_MMAP_THRESHOLD_``), so that memory freed by the warm-up
-  is returned to the system rather than silently reused. That setting also
-  makes every allocation of 128 KiB or more fault its pages in again on every
-  step (about half of such a run was system time), which a training process
-  does not pay, so the time process runs with glibc's defaults.
-- Time: one process per row builds every implementation compared and runs
-  their steps in turn (reference, fused, reference, ...), so that a slower
-  phase of a shared machine hits them alike; each figure is the minimum over
-  at least ``--repeat`` rounds (and at least one second of them, at most 50)
-  after one untimed round, with ``torch.cuda.synchronize()`` on GPU. The
-  ratios of one run, measured side by side, are what count.
+- Memory and time come from two separate fresh processes. The memory process
+  gives glibc a fixed mmap threshold (``MALLOC_MMAP_THRESHOLD_``), so that
+  memory freed by the warm-up is returned to the system rather than silently
+  reused, and measures one step. That setting also makes every allocation of
+  128 KiB or more fault its pages in again on every step (about half of such
+  a run was system time), which a training process does not pay, so the time
+  process runs with glibc's defaults. Each implementation gets its own time
+  process too: stepping both in turn in one process made the reference
+  path's detection step ~25% slower than alone (8.7 s vs 6.9 s), which
+  flattered the ratio.
+- Time: the minimum over at least ``--repeat`` steps after one untimed step
+  (and at least one second of them, at most 50), with
+  ``torch.cuda.synchronize()`` on GPU; the minimum is the figure least
+  disturbed by other processes on a shared machine. The ratios of one run,
+  measured side by side, are what count.
 
 Example (the README table)::
 
@@ -129,34 +131,25 @@ class PeakMemory:
             self.peak = max(maxrss, self.before) - max(self.maxrss_before, self.before)
 
 
-def _measure_memory(step, warmup, device: str) -> Dict[str, float]:
+def _measure(step, warmup, device: str, what: str, repeat: int,
+             min_time: float = 1.0) -> Dict[str, float]:
+    """Peak memory of one step (``what='memory'``) or its time (``'time'``)."""
     warmup()  # small shapes: loads the extension, starts threads, compiles kernels
-    with PeakMemory(device) as mem:
-        step()
-    return dict(peak_mb=mem.peak)
-
-
-def _measure_times(steps: Dict[str, tuple], device: str, repeat: int,
-                   min_time: float = 1.0) -> Dict[str, Dict[str, float]]:
-    """Time the steps of several implementations in turn, round after round."""
-    for step, warmup in steps.values():
-        warmup()
-        step()
-    times: Dict[str, List[float]] = {impl: [] for impl in steps}
-    rounds = 0
-    while rounds < max(1, repeat) or (sum(min(t) for t in times.values()) * rounds < min_time
-                              and rounds < 50):
-        for impl, (step, _) in steps.items():
-            if device == 'cuda':
-                torch.cuda.synchronize()
-            start = time.perf_counter()
+    if what == 'memory':
+        with PeakMemory(device) as mem:
             step()
-            if device == 'cuda':
-                torch.cuda.synchronize()
-            times[impl].append(time.perf_counter() - start)
-        rounds += 1
-    return {impl: dict(time_s=min(t), median_s=statistics.median(t))
-            for impl, t in times.items()}
+        return dict(peak_mb=mem.peak)
+    step()
+    times: List[float] = []
+    while len(times) < repeat or (sum(times) < min_time and len(times) < 50):
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return dict(time_s=min(times), median_s=statistics.median(times))
 
 
 def _op_step(op: str, shape, impl: str, device: str, dtype: torch.dtype):
@@ -203,23 +196,19 @@ def _backbone_step(setting: str, impl: str, device: str, dtype: torch.dtype,
     return step
 
 
-def _step_and_warmup(spec: dict, impl: str, dtype: torch.dtype):
-    if spec['kind'] == 'op':
-        return (_op_step(spec['op'], spec['shape'], impl, spec['device'], dtype),
-                _op_step(spec['op'], (1, 64, 16, spec['shape'][3]), impl, spec['device'],
-                         dtype))
-    return (_backbone_step(spec['setting'], impl, spec['device'], dtype),
-            _backbone_step(spec['setting'], impl, spec['device'], dtype, size=(64, 64)))
-
-
 def worker(spec: dict) -> dict:
     if spec['threads']:
         torch.set_num_threads(spec['threads'])
     dtype = getattr(torch, spec['dtype'])
-    if spec['what'] == 'memory':
-        return _measure_memory(*_step_and_warmup(spec, spec['impl'], dtype), spec['device'])
-    steps = {impl: _step_and_warmup(spec, impl, dtype) for impl in spec['impls']}
-    return _measure_times(steps, spec['device'], spec['repeat'])
+    if spec['kind'] == 'op':
+        step = _op_step(spec['op'], spec['shape'], spec['impl'], spec['device'], dtype)
+        warmup = _op_step(spec['op'], (1, 64, 16, spec['shape'][3]), spec['impl'],
+                          spec['device'], dtype)
+    else:
+        step = _backbone_step(spec['setting'], spec['impl'], spec['device'], dtype)
+        warmup = _backbone_step(spec['setting'], spec['impl'], spec['device'], dtype,
+                                size=(64, 64))
+    return _measure(step, warmup, spec['device'], spec['what'], spec['repeat'])
 
 
 # ------------------------------------------------------------------ parent side
@@ -230,18 +219,16 @@ def worker(spec: dict) -> dict:
 MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': '131072', 'MALLOC_TRIM_THRESHOLD_': '131072'}
 
 
-def measure_row(spec: dict, impls: List[str], timeout: int) -> Dict[str, Optional[dict]]:
-    """Peak memory of each implementation (one fresh process each), then their
-    times (one fresh process for all); None for an implementation that failed
-    (e.g. out of memory)."""
-    res: Dict[str, Optional[dict]] = {
-        impl: _run_worker(dict(spec, what='memory', impl=impl), MALLOC_ENV, timeout)
-        for impl in impls}
-    alive = [impl for impl in impls if res[impl] is not None]
-    times = _run_worker(dict(spec, what='time', impls=alive), {}, timeout) if alive else None
-    for impl in alive:
-        res[impl] = dict(res[impl], **times[impl]) if times else None
-    return res
+def run_isolated(spec: dict, timeout: int) -> Optional[dict]:
+    """Measure memory, then time, each in a fresh interpreter; None when one
+    failed (e.g. out of memory)."""
+    result = {}
+    for what, env in (('memory', MALLOC_ENV), ('time', {})):
+        part = _run_worker(dict(spec, what=what), env, timeout)
+        if part is None:
+            return None
+        result.update(part)
+    return result
 
 
 def _run_worker(spec: dict, env: dict, timeout: int) -> Optional[dict]:
@@ -280,10 +267,11 @@ def ops_table(settings, impls, args) -> List[str]:
     for setting in settings:
         totals = {impl: dict(time_s=0.0, peak_mb=0.0) for impl in impls}
         for op, shape, count in op_calls(setting):
-            spec = dict(kind='op', op=op, shape=shape, device=args.device, dtype=args.dtype,
-                        repeat=args.repeat, threads=args.threads)
-            res = measure_row(spec, impls, args.timeout)
+            res = {}
             for impl in impls:
+                spec = dict(kind='op', op=op, shape=shape, impl=impl, device=args.device,
+                            dtype=args.dtype, repeat=args.repeat, threads=args.threads)
+                res[impl] = run_isolated(spec, args.timeout)
                 t = totals[impl]
                 if res[impl] is None or t is None:
                     totals[impl] = None
@@ -314,9 +302,11 @@ def backbone_table(settings, args) -> List[str]:
             'time auto/ref', 'mem auto/ref']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for setting in settings:
-        spec = dict(kind='backbone', setting=setting, device=args.device, dtype=args.dtype,
-                    repeat=args.backbone_repeat, threads=args.threads)
-        res = measure_row(spec, impls, args.timeout)
+        res = {}
+        for impl in impls:
+            spec = dict(kind='backbone', setting=setting, impl=impl, device=args.device,
+                        dtype=args.dtype, repeat=args.backbone_repeat, threads=args.threads)
+            res[impl] = run_isolated(spec, args.timeout)
         h, w = SETTINGS[setting]['size']
         cells = [setting, f'{h}×{w}']
         for impl in impls:
@@ -339,9 +329,9 @@ def parse_args(argv=None):
                         help="ops compared, the first is the baseline (default: reference "
                              "and cpu on CPU, reference and triton on CUDA)")
     parser.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'])
-    parser.add_argument('--repeat', type=int, default=3, help='timed rounds of op steps')
+    parser.add_argument('--repeat', type=int, default=3, help='timed op steps')
     parser.add_argument('--backbone-repeat', type=int, default=3,
-                        help='timed rounds of backbone steps')
+                        help='timed backbone steps')
     parser.add_argument('--threads', type=int, default=0,
                         help='torch threads (0: the default). On a machine shared with other '
                              'jobs, 1 keeps parallel regions from waiting on busy cores')
