@@ -84,7 +84,10 @@ class FEC(BaseModule):
             in eval mode while training. Default False.
         with_cp (bool): Gradient checkpointing of each block. Default False.
         ops_impl (str): Implementation of the clustering ops: 'auto',
-            'reference', 'cpu' or 'triton'. Default 'auto'.
+            'reference', 'cpu' or 'triton'. With 'reference' the block MLPs
+            are the plain PyTorch layers too; with any other value they run
+            the chunked, memory-lean :func:`fec_mm.ops.channel_mlp`.
+            Default 'auto'.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...,
             prefix=None)`` loads our checkpoints and the authors' layout
             (see :func:`fec_mm.models.checkpoint.load_fec_checkpoint`).
