@@ -113,6 +113,57 @@ def test_ties_go_to_lowest_center_across_tiles():
                                    cluster_encode(*args, impl='reference'))
 
 
+def _exact_index(points, centers, sign=1.0):
+    """argmax of the cosine in float64, ties to the lowest index."""
+    pn = torch.nn.functional.normalize(points.double(), dim=-1)
+    cn = torch.nn.functional.normalize(centers.double(), dim=-1)
+    return (sign * pn @ cn.transpose(1, 2)).argmax(-1)
+
+
+needs_prefilter = pytest.mark.skipif(
+    not (cpu.is_available() and cpu.ext().prefilter_available()),
+    reason='this CPU has no bf16 dot products: the bf16 pre-pass is not used')
+
+
+@needs_prefilter
+def test_bf16_prepass_finds_the_exact_argmax():
+    # Centers in pairs 2e-3 apart and points next to them: bf16 scores (~4e-3
+    # apart near 1) cannot tell a pair apart, the exact rescoring must.
+    gen = torch.Generator().manual_seed(3)
+    centers = torch.randn(2, 700, 64, generator=gen)
+    centers[:, 1::2] = centers[:, 0::2] + 2e-3 * torch.randn(2, 350, 64, generator=gen)
+    pick = torch.randint(0, 700, (3000,), generator=gen)
+    points = centers[:, pick] + 1e-3 * torch.randn(2, 3000, 64, generator=gen)
+    index, cos = cluster_assign(points, centers, impl='cpu')
+    expected = _exact_index(points, centers)
+    assert torch.equal(index, expected)
+    torch.testing.assert_close(cos, cluster_assign(points, centers, impl='reference')[1])
+    # alpha < 0 clusters on the negated centers through the same pre-pass
+    values = torch.randn(2, 3000, 64, generator=gen)
+    args = (points, values, centers, centers, *_scalars(-1.5, 0.2))
+    torch.testing.assert_close(cluster_encode(*args, impl='cpu'),
+                               cluster_encode(*args, impl='reference'))
+
+
+@needs_prefilter
+def test_bf16_prepass_ties_and_crowds():
+    gen = torch.Generator().manual_seed(4)
+    # exact duplicates (few per point): the lowest index wins
+    centers = torch.randn(1, 300, 16, generator=gen).repeat(1, 2, 1)
+    points = torch.randn(1, 500, 16, generator=gen)
+    index, _ = cluster_assign(points, centers, impl='cpu')
+    assert torch.equal(index, _exact_index(points, centers))
+    assert index.max() < 300
+    # a crowd of identical centers (more candidates than the pre-pass keeps,
+    # as in padding) and zero points: the plain path decides, ties to the lowest
+    centers = torch.randn(1, 1, 16, generator=gen).repeat(1, 400, 1)
+    centers[0, 399] = torch.randn(16, generator=gen)
+    points = torch.cat([centers[:, [0, 399, 5]], torch.zeros(1, 2, 16)], 1)
+    index, _ = cluster_assign(points, centers, impl='cpu')
+    assert index.tolist() == [[0, 399, 0, 0, 0]]
+    assert index.tolist() == cluster_assign(points, centers, impl='reference')[0].tolist()
+
+
 def test_results_are_deterministic():
     args = [*_inputs(3, 300, 70, 24, seed=2), *_scalars(1.1, 0.2)]
     runs = [_grads(lambda *a: cluster_encode(*a, impl='cpu'), args) for _ in range(2)]

@@ -7,6 +7,12 @@
 // Backward needs no similarity matrix at all: a point interacts with its
 // chosen center only, so every gradient is an O(N·d) gather or scatter.
 //
+// Speed: with many centers (the cluster poolings: thousands per region) the
+// similarity product is the cost of the op. On CPUs with bf16 dot products
+// (AVX512-BF16) float32 inputs first score all centers in bf16, twice as
+// fast, then rescore exactly (double) only the centers that the bf16 error
+// bound cannot rule out; the argmax is the exact one (see prefilter_rows).
+//
 // Determinism: work is split into fixed tiles and fixed channel chunks that
 // do not depend on the thread count; every sum over points runs in point
 // order inside one task (no atomics), in double precision.
@@ -19,6 +25,7 @@
 #include <cstdint>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -32,6 +39,13 @@ constexpr double kEps = 1e-12;          // F.normalize's clamp of the norm
 constexpr int64_t kPointBlock = 512;    // points per assignment tile
 constexpr int64_t kCenterBlock = 512;   // centers per assignment tile
 constexpr int64_t kChunk = 16;          // channels per aggregation task
+// bf16 pre-pass (float32 inputs, see prefilter_rows): used from this many
+// centers on, over strips of kStripRows points; a strip whose bound leaves
+// more than kMaxCandidates centers for some point (near-identical centers,
+// e.g. in padding) is scored exactly instead.
+constexpr int64_t kPrefilterMinCenters = 256;
+constexpr int64_t kStripRows = 128;
+constexpr int64_t kMaxCandidates = 64;
 
 // Grain of at::parallel_for for items of `work` scalar operations each: a
 // loop with less than kSerialWork operations in all runs inline. Starting a
@@ -96,6 +110,59 @@ bool cpu_has_avx512() {
   static const bool has = __builtin_cpu_supports("avx512f");
   return has;
 }
+
+// 16 bf16 values (raw bits) as float32: bf16 is the top half of a float32.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load_bf16(
+    const uint16_t* p, __mmask16 mask) {
+  const __m256i h = _mm256_maskz_loadu_epi16(mask, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xFFFF)
+                    : static_cast<__mmask16>((1u << left) - 1u);
+}
+
+// Maximum of a bf16 row (NaNs skipped; the caller only passes finite data).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) float bf16_row_max(const uint16_t* row,
+                                                                        int64_t len) {
+  __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t i = 0; i < len; i += 16) {
+    const __mmask16 m = tail_mask(len - i);
+    vmax = _mm512_mask_max_ps(vmax, m, load_bf16(row + i, m), vmax);
+  }
+  return _mm512_reduce_max_ps(vmax);
+}
+
+// Appends to `out` (in increasing order) the indices of row entries >= thr;
+// false as soon as there are more than `cap`.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) bool bf16_row_candidates(
+    const uint16_t* row, int64_t len, float thr, int64_t cap, std::vector<int64_t>& out) {
+  const __m512 vthr = _mm512_set1_ps(thr);
+  for (int64_t i = 0; i < len; i += 16) {
+    const __mmask16 m = tail_mask(len - i);
+    unsigned hit = _mm512_mask_cmp_ps_mask(m, load_bf16(row + i, m), vthr, _CMP_GE_OQ);
+    while (hit) {
+      if (static_cast<int64_t>(out.size()) == cap) return false;
+      out.push_back(i + __builtin_ctz(hit));
+      hit &= hit - 1;
+    }
+  }
+  return true;
+}
+
+bool cpu_has_bf16_dot() {
+#if (defined(__GNUC__) && __GNUC__ >= 11) || (defined(__clang__) && __clang_major__ >= 12)
+  static const bool has = __builtin_cpu_supports("avx512bf16") &&
+                          __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl");
+  return has;
+#else
+  return false;
+#endif
+}
+#else
+bool cpu_has_bf16_dot() { return false; }
 #endif
 
 template <typename scalar_t>
@@ -153,6 +220,67 @@ int alpha_sign(const at::Tensor& alpha) {
 }
 
 // ---------------------------------------------------------------- assignment
+#ifdef FEC_HAVE_X86
+// Exact argmax_m c_m · p_n for the rows n of P (float32, (bn, d), row n at
+// p_ptr + n·d) over the centers c (float32 (M, d) at c_ptr, each of norm <= 1,
+// and their bf16 copy cb), through a bf16 pre-pass. Writes arg[0:bn) and
+// returns true, or returns false (arg unspecified) when some row has more than
+// kMaxCandidates candidates or non-finite data: the caller scores exactly then.
+//
+// Bound: bf16 rounds each input with relative error u = 2^-8, products are
+// exact in float32, sums are float32 and the result is rounded to bf16. So
+// |S~_m - s_m| <= |p|·(3u + 3u² + u³ + 2γ_d) + d·2^-125 (flushed denormals)
+// <= eps = |p|·(2^-6 + d·2^-22) + d·2^-125. The true maximiser m* has S~_m* >=
+// s_m* - eps >= s_m - eps >= S~_m - 2·eps for every m, so every m with
+// S~_m >= max S~ - 2·eps is a candidate and the exact maximiser is among them.
+// Candidates are rescored in double, in index order with strict > (ties to the
+// lowest index).
+bool prefilter_rows(const at::Tensor& P, const float* p_ptr, const at::Tensor& cb,
+                    const float* c_ptr, at::Tensor& strip, std::vector<int64_t>& cand,
+                    int64_t* arg) {
+  const int64_t bn = P.size(0), d = P.size(1), M = cb.size(0);
+  for (int64_t s0 = 0; s0 < bn; s0 += kStripRows) {
+    const int64_t rows = std::min(kStripRows, bn - s0);
+    at::Tensor S = strip.narrow(0, 0, rows * M).view({rows, M});
+    at::mm_out(S, P.narrow(0, s0, rows).to(at::kBFloat16), cb.t());
+    const uint16_t* s_bits = reinterpret_cast<const uint16_t*>(S.data_ptr<at::BFloat16>());
+    for (int64_t i = 0; i < rows; ++i) {
+      const float* p = p_ptr + (s0 + i) * d;
+      const double eps = std::sqrt(dot(p, p, d)) * (std::ldexp(1.0, -6) + d * std::ldexp(1.0, -22)) +
+                         d * std::ldexp(1.0, -125);
+      const uint16_t* row = s_bits + i * M;
+      const float top = bf16_row_max(row, M);
+      if (!std::isfinite(eps) || !std::isfinite(top)) return false;
+      // the largest float <= top - 2·eps
+      const double thr_d = static_cast<double>(top) - 2.0 * eps;
+      float thr = static_cast<float>(thr_d);
+      if (static_cast<double>(thr) > thr_d)
+        thr = std::nextafter(thr, -std::numeric_limits<float>::infinity());
+      cand.clear();
+      if (!bf16_row_candidates(row, M, thr, kMaxCandidates, cand)) return false;
+      int64_t best_m = cand.front();
+      double best = dot(p, c_ptr + best_m * d, d);
+      for (size_t j = 1; j < cand.size(); ++j) {
+        const double v = dot(p, c_ptr + cand[j] * d, d);
+        if (v > best) {
+          best = v;
+          best_m = cand[j];
+        }
+      }
+      arg[s0 + i] = best_m;
+    }
+  }
+  return true;
+}
+#endif
+
+// Whether assign_impl<scalar_t> takes the bf16 pre-pass for M centers.
+template <typename scalar_t>
+bool use_prefilter(int64_t M) {
+  return std::is_same<scalar_t, float>::value && M >= kPrefilterMinCenters &&
+         cpu_has_bf16_dot();
+}
+
 // index[r, n] = argmax_m sign·cos(c_m, p_n) (ties to the lowest m) and
 // cos[r, n] = cos(c_index, p_n). The argmax is taken on sign·(cn_m · p_n):
 // dividing by |p_n| > 0 does not change it.
@@ -167,11 +295,18 @@ void assign_impl(const at::Tensor& points, const at::Tensor& cn, int sign, at::T
   scalar_t* cos_ptr = cos.data_ptr<scalar_t>();
   const at::Tensor signed_cn = sign < 0 ? -cn : cn;  // negation is exact
   const int64_t blocks = (N + kPointBlock - 1) / kPointBlock;
+  // non-finite centers keep the plain path, whose NaN handling is the reference's
+  const bool prefilter =
+      sign != 0 && use_prefilter<scalar_t>(M) && at::isfinite(cn).all().item<bool>();
+  const at::Tensor signed_cb = prefilter ? signed_cn.to(at::kBFloat16) : at::Tensor();
 
   at::parallel_for(0, R * blocks, grain(kPointBlock * M * d), [&](int64_t begin, int64_t end) {
     // Grad mode is thread-local: worker threads must not record the mm.
     at::NoGradGuard no_grad;
     at::Tensor tile = at::empty({kPointBlock * std::min(M, kCenterBlock)}, points.options());
+    at::Tensor strip = prefilter ? at::empty({kStripRows * M}, signed_cb.options()) : at::Tensor();
+    std::vector<int64_t> cand;
+    cand.reserve(kMaxCandidates);
     std::vector<scalar_t> best(kPointBlock);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / blocks, n0 = (task % blocks) * kPointBlock;
@@ -181,7 +316,14 @@ void assign_impl(const at::Tensor& points, const at::Tensor& cn, int sign, at::T
         std::fill(arg, arg + bn, 0);
       } else {
         const at::Tensor P = points[r].narrow(0, n0, bn);
-        for (int64_t m0 = 0; m0 < M; m0 += kCenterBlock) {
+        bool done = false;
+#ifdef FEC_HAVE_X86
+        if (prefilter) {
+          done = prefilter_rows(P, reinterpret_cast<const float*>(p_ptr + (r * N + n0) * d),
+                                signed_cb[r], signed_cn[r].data_ptr<float>(), strip, cand, arg);
+        }
+#endif
+        for (int64_t m0 = 0; !done && m0 < M; m0 += kCenterBlock) {
           const int64_t bm = std::min(kCenterBlock, M - m0);
           at::Tensor S = tile.narrow(0, 0, bn * bm).view({bn, bm});
           at::mm_out(S, P, signed_cn[r].narrow(0, m0, bm).t());
@@ -507,4 +649,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cluster_encode_backward", &cluster_encode_backward, "backward of the encoding");
   m.def("cluster_pool_forward", &cluster_pool_forward, "clustering feature pooling");
   m.def("cluster_pool_backward", &cluster_pool_backward, "backward of the pooling");
+  m.def("prefilter_available", &cpu_has_bf16_dot,
+        "whether float32 assignments over many centers take the exact bf16 pre-pass");
 }
