@@ -137,6 +137,40 @@ def test_with_cp_gives_the_same_gradients():
     torch.testing.assert_close(grads[0], grads[1])
 
 
+def _tiles(x: torch.Tensor) -> list:
+    """The four quadrants of a (B, C, H, W) map, row by row."""
+    h, w = x.shape[2] // 2, x.shape[3] // 2
+    return [x[..., i * h:(i + 1) * h, j * w:(j + 1) * w] for i in range(2) for j in range(2)]
+
+
+@pytest.mark.parametrize('impl', ['reference', 'auto'])
+def test_folded_regions_are_clustered_alone(impl):
+    """With fold 2 each quadrant is clustered around its own pooled centers:
+    the same as running the module without folds on each quadrant. Quadrants
+    of 10×14 pixels make the adaptive 3×3 center bins uneven."""
+    from fec_mm.models.cluster_encoder import ClusterEncoder
+    from fec_mm.models.cluster_pooling import ClusterPooling
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 20, 28)
+    encoder = ClusterEncoder(16, heads=2, head_dim=8, num_centers=3, fold=2, ops_impl=impl)
+    nn.init.constant_(encoder.sim_alpha, 3.0)
+    pooling = ClusterPooling(16, 24, fold=2, norm_cfg=dict(type='GN', num_groups=1),
+                             ops_impl=impl)
+    # The 3×3 skip convolution and the norm see across quadrants: leave them out.
+    pooling.norm = nn.Identity()
+    nn.init.zeros_(pooling.conv_skip.weight)
+    nn.init.zeros_(pooling.conv_skip.bias)
+    for module in (encoder, pooling):
+        folded = module(x)
+        module.fold = 1
+        q = [module(t) for t in _tiles(x)]
+        alone = torch.cat([torch.cat(q[:2], dim=3), torch.cat(q[2:], dim=3)], dim=2)
+        whole = module(x)
+        torch.testing.assert_close(folded, alone)
+        # Folds do change the result: the centers are per quadrant.
+        assert not torch.allclose(folded, whole, atol=1e-3)
+
+
 def test_position_channels_follow_spec():
     model = FEC()
     stem = model.patch_embed.proj
