@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 
 from fec_mm.models import FEC
+from fec_mm.models.cluster_encoder import ClusterEncoder
+from fec_mm.models.cluster_pooling import ClusterPooling
 
 sys.path.insert(0, osp.join(osp.dirname(__file__), '..', 'tools', 'analysis_tools'))
 from count_params import SPEC_PARAMS, count_params  # noqa: E402
@@ -148,8 +150,6 @@ def test_folded_regions_are_clustered_alone(impl):
     """With fold 2 each quadrant is clustered around its own pooled centers:
     the same as running the module without folds on each quadrant. Quadrants
     of 10×14 pixels make the adaptive 3×3 center bins uneven."""
-    from fec_mm.models.cluster_encoder import ClusterEncoder
-    from fec_mm.models.cluster_pooling import ClusterPooling
     torch.manual_seed(0)
     x = torch.randn(2, 16, 20, 28)
     encoder = ClusterEncoder(16, heads=2, head_dim=8, num_centers=3, fold=2, ops_impl=impl)
