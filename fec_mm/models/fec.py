@@ -90,7 +90,19 @@ class FEC(BaseModule):
             Default 'auto'.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...,
             prefix=None)`` loads our checkpoints and the authors' layout
-            (see :func:`fec_mm.models.checkpoint.load_fec_checkpoint`).
+            (see :func:`fec_mm.models.checkpoint.load_fec_checkpoint`);
+            any other mmengine init config is applied by ``init_weights()``
+            over the default below.
+
+    Default initialisation, as in the authors' code (FEC_SPEC.md §2), so that
+    from-scratch training starts from the paper's distribution: every
+    ``nn.Linear`` (the block MLPs) gets a truncated normal with std 0.02 and
+    zero bias; every ``nn.Conv2d`` (stem, mixer ``f``/``v``/``proj``, pooling
+    ``conv_f``/``conv_v``/``conv_skip``) keeps PyTorch's default
+    (Kaiming-uniform with a=√5, bias uniform in ±1/√fan_in). This matters most
+    for the poolings' ``conv_f``: it never trains, so its initial weights are
+    the grouping the model keeps. GroupNorms start at weight 1, bias 0; layer
+    scales at ``layer_scale_init``; the mixers' α at 1 and β at 0.
     """
 
     arch_settings: Dict[str, dict] = {
@@ -189,8 +201,10 @@ class FEC(BaseModule):
 
     @staticmethod
     def _init_default(m: nn.Module) -> None:
-        # As the authors: truncated normal (std .02) weights, zero biases.
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
+        # The authors' recipe (FEC_SPEC.md §2, "Initialisation"): linears only;
+        # every Conv2d keeps PyTorch's default, which the never-trained
+        # pooling conv_f then keeps for the life of the model.
+        if isinstance(m, nn.Linear):
             trunc_normal_(m.weight, std=.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
