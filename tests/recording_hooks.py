@@ -39,3 +39,28 @@ class SaveRankWeightsHook(Hook):
                     master_port=os.environ.get('MASTER_PORT'), iter=runner.iter)
         with open(osp.join(runner.work_dir, f'dist_rank{rank}.json'), 'w') as f:
             json.dump(seen, f)
+
+
+def _slow_local_put(seconds: float):
+    """LocalBackend.put that writes half a file, announces it with
+    ``<file>.writing`` and waits ``seconds`` before the rest: a kill in the
+    wait hits a half-written checkpoint."""
+    import time
+
+    def put(self, obj, filepath) -> None:
+        filepath = str(filepath)
+        os.makedirs(osp.dirname(filepath) or '.', exist_ok=True)
+        marker = filepath + '.writing'
+        with open(filepath, 'wb') as f:
+            f.write(obj[:len(obj) // 2])
+            f.flush()
+            open(marker, 'w').close()
+            time.sleep(seconds)
+            f.write(obj[len(obj) // 2:])
+        os.remove(marker)
+    return put
+
+
+if os.environ.get('FEC_TEST_SLOW_SAVE'):  # set by tests/test_crash_safe_checkpoints.py only
+    from mmengine.fileio import LocalBackend
+    LocalBackend.put = _slow_local_put(float(os.environ['FEC_TEST_SLOW_SAVE']))

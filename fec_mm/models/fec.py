@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ops import IMPLS
-from .checkpoint import load_fec_checkpoint
+from .checkpoint import check_weights_fit, load_fec_checkpoint
 from .cluster_block import ClusterBlock
 from .cluster_pooling import ClusterPooling
 
@@ -41,9 +41,18 @@ class PointReducer(nn.Module):
         return self.proj(torch.cat([x, pos.expand(B, -1, -1, -1)], dim=1))
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _per_stage(name: str, value: IntOrSeq) -> Tuple[int, ...]:
-    values = (value,) * NUM_STAGES if isinstance(value, int) else tuple(value)
-    if len(values) != NUM_STAGES or not all(isinstance(v, int) and v > 0 for v in values):
+    if _is_int(value):
+        values = (value,) * NUM_STAGES
+    elif isinstance(value, (list, tuple)):
+        values = tuple(value)
+    else:
+        values = ()
+    if len(values) != NUM_STAGES or not all(_is_int(v) and v > 0 for v in values):
         raise ValueError(f'FEC: {name} must be a positive int or {NUM_STAGES} positive ints '
                          f'(one per stage), got {value!r}')
     return values
@@ -131,7 +140,12 @@ class FEC(BaseModule):
                  ops_impl: str = 'auto',
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
+        self.arch_name = arch if isinstance(arch, str) else 'custom'
         self.arch = self._parse_arch(arch)
+        if (isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float))
+                or not 0 <= drop_path_rate < 1):
+            raise ValueError(f'FEC: drop_path_rate must be in [0, 1), got {drop_path_rate!r} '
+                             '(1 drops every residual branch, so no block would learn)')
         self.num_centers = _per_stage('num_centers', num_centers)
         self.folds = _per_stage('folds', folds)
         self.out_indices = self._parse_out_indices(out_indices)
@@ -242,6 +256,15 @@ class FEC(BaseModule):
                 if isinstance(m, _BatchNorm):
                     m.eval()
         return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        # Called by torch's and mmengine's load_state_dict (so by every
+        # library's load_checkpoint): mmengine only warns about mis-shaped
+        # tensors and would leave a model of another arch at random weights.
+        check_weights_fit(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
