@@ -26,6 +26,35 @@ class StopTrainingHook(Hook):
 
 
 @HOOKS.register_module(force=True)
+class PoisonWeightsHook(Hook):
+    """Sets the model's first weight to NaN before the iteration after
+    ``iters``, as a diverging run would."""
+
+    def __init__(self, iters: int) -> None:
+        self.iters = iters
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        if runner.iter == self.iters:
+            model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+            with torch.no_grad():
+                next(model.parameters()).fill_(float('nan'))
+
+
+@HOOKS.register_module(force=True)
+class FreezeRankHook(Hook):
+    """Rank ``rank`` stops itself (SIGSTOP) after ``iters`` iterations, as a
+    frozen worker would."""
+
+    def __init__(self, rank: int, iters: int) -> None:
+        self.rank, self.iters = rank, iters
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if get_rank() == self.rank and runner.iter + 1 == self.iters:
+            import signal
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+
+@HOOKS.register_module(force=True)
 class SaveRankWeightsHook(Hook):
     """Saves this rank's final weights to ``work_dir/weights_rank{rank}.pth``
     and its view of the process group to ``work_dir/dist_rank{rank}.json``."""
