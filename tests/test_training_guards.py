@@ -102,3 +102,16 @@ def test_a_second_training_in_a_live_runs_work_dir_is_refused(data, tmp_path):
     with WorkDirLock(str(work_dir)):
         pass
     os.remove(work_dir / '.fec_mm_train.lock')
+
+
+def test_resume_or_load_from_with_another_archs_checkpoint_is_refused(data, tmp_path):
+    from tiny_classifier import ARCH, write_dog_checkpoint
+    config = write_config(tmp_path / 'tiny.py', str(data))
+    other = write_config(tmp_path / 'other.py', str(data),
+                         arch=dict(ARCH, heads=(2, 2, 2, 2)))
+    checkpoint = write_dog_checkpoint(other, tmp_path / 'other_arch.pth')
+    with pytest.raises(ValueError, match=r'other_arch.pth: \d+ weights have other shapes'):
+        _train(config, tmp_path / 'resumed', '--resume', str(checkpoint))
+    with pytest.raises(ValueError, match=r"FEC\(arch='custom'\) cannot take these weights "
+                       r'\(last checkpoint file read: .*other_arch.pth\)'):
+        _train(config, tmp_path / 'loaded', '--cfg-options', f'load_from={checkpoint}')
