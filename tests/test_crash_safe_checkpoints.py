@@ -36,7 +36,14 @@ default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1, by_epoch
 def _train_here(config, work_dir, *options):
     argv = [str(config), '--work-dir', str(work_dir),
             '--cfg-options', f'experiment_name={uuid.uuid4().hex}', *options]
-    runner = train(build_train_parser().parse_args(argv))
+    # One thread, as the subprocesses (OMP_NUM_THREADS=1): sums over other
+    # thread counts round differently, and the weights are compared bit for bit.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runner = train(build_train_parser().parse_args(argv))
+    finally:
+        torch.set_num_threads(threads)
     return runner, {k: v.clone() for k, v in runner.model.state_dict().items()}
 
 
