@@ -33,9 +33,11 @@ PIP=("$PY" -m pip install --disable-pip-version-check -q)
 
 # Prints full, lite or none: the mmcv $MMCV_VERSION that .venv has working
 # (full: the compiled mmcv._ext; lite: mmcv-lite with fec-mm-mmcv-ops's).
+# With the argument "all", none also when the rest of the stack fails to import.
 mmcv_kind() {
-  "$PY" - "$MMCV_VERSION" <<'EOF' 2>/dev/null || echo none
+  "$PY" - "$MMCV_VERSION" "$@" <<'EOF' 2>/dev/null || echo none
 import importlib.machinery
+import os
 import sys
 
 import mmcv
@@ -43,18 +45,27 @@ import mmcv._ext
 
 path = mmcv._ext.__file__
 if mmcv.__version__ != sys.argv[1]:
-    print('none')
+    kind = 'none'
 elif path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
-    print('full')
+    kind = 'full'
 else:
-    import os
     from importlib.metadata import distribution
     ours = distribution('fec-mm-mmcv-ops').locate_file('mmcv/_ext.py')
-    print('lite' if os.path.samefile(ours, path) else 'none')
+    kind = 'lite' if os.path.samefile(ours, path) else 'none'
+if sys.argv[2:] == ['all']:
+    import fec_mm, mmcv.ops, mmdet.models, mmpretrain.models, mmseg.models  # noqa
+print(kind)
 EOF
 }
 
-HAVE=$(mmcv_kind)
+# One Python start when all is well: the stack imports and says its mmcv.
+HAVE=$(mmcv_kind all)
+if [ "$HAVE" = none ]; then
+  HAVE=$(mmcv_kind)
+  STACK_OK=0
+else
+  STACK_OK=1
+fi
 WANT="${MMCV:-}"
 if [ -z "$WANT" ]; then
   if [ "$HAVE" = full ]; then WANT=full; else WANT=lite; fi
@@ -71,9 +82,8 @@ HASH=$({ echo "mmcv=$WANT"
          cat requirements.txt setup.py pyproject.toml tools/setup_env.sh
          cat mmcv_lite_ops/pyproject.toml mmcv_lite_ops/mmcv/_ext.py
          cat fec_mm/ops/csrc/* 2>/dev/null || true; } | sha256sum | cut -d' ' -f1)
-CHECK="import mmcv.ops, mmdet.models, mmseg.models, mmpretrain.models, fec_mm"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] && [ "$HAVE" = "$WANT" ] \
-   && "$PY" -c "$CHECK" 2>/dev/null; then
+   && [ "$STACK_OK" = 1 ]; then
   log "environment up to date (mmcv: $WANT)"
   exit 0
 fi
@@ -119,9 +129,10 @@ fi
 log "installing fec_mm (editable, with the CPU clustering kernels)"
 "${PIP[@]}" --no-build-isolation --no-deps -e .
 
-"$PY" -c "$CHECK"
-if [ "$(mmcv_kind)" != "$WANT" ]; then
-  log "expected mmcv '$WANT' in $VENV, found '$(mmcv_kind)'"
+HAVE=$(mmcv_kind all)
+if [ "$HAVE" != "$WANT" ]; then
+  "$PY" -c "import fec_mm, mmcv.ops, mmdet.models, mmpretrain.models, mmseg.models"
+  log "expected mmcv '$WANT' in $VENV, found '$HAVE'"
   exit 1
 fi
 echo "$HASH" > "$STAMP"
