@@ -155,8 +155,9 @@ def _check_roi_align(rois: torch.Tensor, pool_mode: int, aligned: bool, kernel: 
 
 def _focal_terms(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
                  gamma: float, alpha: float, grad: bool) -> torch.Tensor:
-    # The element-wise formulas of mmcv's sigmoid_focal_loss CUDA kernels.
-    p = torch.sigmoid(input)
+    # The element-wise formulas of mmcv's sigmoid_focal_loss CUDA kernels, in
+    # float32 also for half inputs (FLT_MIN, the clamp of the logs, is 0 in half).
+    p = torch.sigmoid(input.float())
     log_p = p.clamp(min=torch.finfo(torch.float32).tiny).log()
     log_q = (1 - p).clamp(min=torch.finfo(torch.float32).tiny).log()
     if grad:
