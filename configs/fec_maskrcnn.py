@@ -20,6 +20,9 @@ _base_ = [
     'mmdet::_base_/default_runtime.py',
 ]
 custom_imports = dict(imports=['fec_mm'], allow_failed_imports=False)
+# Crash-safe checkpoints: written aside and renamed, old ones removed after
+# (fec_mm/checkpoints/atomic_save.py); same arguments as CheckpointHook.
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
 
 model = dict(
     # FEC(folds=(2, 2, 1, 1)).size_divisor == 32: every padded batch is a

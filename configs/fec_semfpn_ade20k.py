@@ -19,6 +19,9 @@ _base_ = [
     './_base_/fec_adamw_ade20k_80k.py',
 ]
 custom_imports = dict(imports=['fec_mm'], allow_failed_imports=False)
+# Crash-safe checkpoints: written aside and renamed, old ones removed after
+# (fec_mm/checkpoints/atomic_save.py); same arguments as CheckpointHook.
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
 
 crop_size = (512, 512)
 model = dict(

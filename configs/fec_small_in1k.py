@@ -18,6 +18,9 @@ _base_ = [
     'mmpretrain::_base_/default_runtime.py',
 ]
 custom_imports = dict(imports=['fec_mm'], allow_failed_imports=False)
+# Crash-safe checkpoints: written aside and renamed, old ones removed after
+# (fec_mm/checkpoints/atomic_save.py); same arguments as CheckpointHook.
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
 
 model = dict(
     type='ImageClassifier',

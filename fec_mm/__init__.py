@@ -2,12 +2,18 @@
 
 ``custom_imports=dict(imports=['fec_mm'])`` registers ``FEC`` in
 ``mmengine.registry.MODELS``, which the registries of all three libraries
-fall back to. ``fec_mm.ops`` needs torch alone, so on a machine without
-mmengine and mmcv (e.g. a bare GPU box testing kernels) only the ops load.
+fall back to, and makes checkpoints of mmengine's training load in the
+libraries' own APIs under torch>=2.6 (``fec_mm.checkpoints.register``: an
+allowlist for torch's weights-only unpickler, and a checked local loader).
+``fec_mm.ops`` needs torch alone, so on a machine without mmengine and mmcv
+(e.g. a bare GPU box testing kernels) only the ops load.
 """
 from importlib.util import find_spec
 
 __version__ = '0.1.0'
 
 if find_spec('mmengine') is not None and find_spec('mmcv') is not None:
+    from . import checkpoints
     from .models import FEC  # noqa: F401  (registers FEC)
+
+    checkpoints.register()

@@ -26,6 +26,35 @@ class StopTrainingHook(Hook):
 
 
 @HOOKS.register_module(force=True)
+class PoisonWeightsHook(Hook):
+    """Sets the model's first weight to NaN before the iteration after
+    ``iters``, as a diverging run would."""
+
+    def __init__(self, iters: int) -> None:
+        self.iters = iters
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        if runner.iter == self.iters:
+            model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+            with torch.no_grad():
+                next(model.parameters()).fill_(float('nan'))
+
+
+@HOOKS.register_module(force=True)
+class FreezeRankHook(Hook):
+    """Rank ``rank`` stops itself (SIGSTOP) after ``iters`` iterations, as a
+    frozen worker would."""
+
+    def __init__(self, rank: int, iters: int) -> None:
+        self.rank, self.iters = rank, iters
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if get_rank() == self.rank and runner.iter + 1 == self.iters:
+            import signal
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+
+@HOOKS.register_module(force=True)
 class SaveRankWeightsHook(Hook):
     """Saves this rank's final weights to ``work_dir/weights_rank{rank}.pth``
     and its view of the process group to ``work_dir/dist_rank{rank}.json``."""
@@ -39,3 +68,28 @@ class SaveRankWeightsHook(Hook):
                     master_port=os.environ.get('MASTER_PORT'), iter=runner.iter)
         with open(osp.join(runner.work_dir, f'dist_rank{rank}.json'), 'w') as f:
             json.dump(seen, f)
+
+
+def _slow_local_put(seconds: float):
+    """LocalBackend.put that writes half a file, announces it with
+    ``<file>.writing`` and waits ``seconds`` before the rest: a kill in the
+    wait hits a half-written checkpoint."""
+    import time
+
+    def put(self, obj, filepath) -> None:
+        filepath = str(filepath)
+        os.makedirs(osp.dirname(filepath) or '.', exist_ok=True)
+        marker = filepath + '.writing'
+        with open(filepath, 'wb') as f:
+            f.write(obj[:len(obj) // 2])
+            f.flush()
+            open(marker, 'w').close()
+            time.sleep(seconds)
+            f.write(obj[len(obj) // 2:])
+        os.remove(marker)
+    return put
+
+
+if os.environ.get('FEC_TEST_SLOW_SAVE'):  # set by tests/test_crash_safe_checkpoints.py only
+    from mmengine.fileio import LocalBackend
+    LocalBackend.put = _slow_local_put(float(os.environ['FEC_TEST_SLOW_SAVE']))

@@ -142,7 +142,8 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
         load(tmp_path / 'nowhere.pth')
     garbage = tmp_path / 'garbage.pth'
     garbage.write_bytes(b'not a checkpoint')
-    with pytest.raises(ValueError, match='could not read FEC checkpoint .*garbage.pth'):
+    with pytest.raises(ValueError,
+                       match='checkpoint .*garbage.pth is not a readable torch checkpoint'):
         load(garbage)
     base = tmp_path / 'base.pth'
     torch.save(FEC(arch='base').state_dict(), base)

@@ -47,10 +47,11 @@ def _kill_tree(pid: int) -> None:
 
 
 def _dist_run(script: str, tmp: Path, args: list, work_dir: Path, nnodes: int, nproc: int,
-              *options):
+              *options, expect_success: bool = True):
     """Run ``tools/{script} *args NPROC --work-dir WORK_DIR *options`` once per
     node (all on localhost) and wait, failing with the log of a node that
-    hangs or fails. Returns the port."""
+    hangs or (with ``expect_success``) fails. Returns the port, or with
+    ``expect_success=False`` the exit codes and node 0's log."""
     port = _free_port()
     env = dict(os.environ, NNODES=str(nnodes), MASTER_ADDR='127.0.0.1', PORT=str(port),
                PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS),
@@ -78,6 +79,8 @@ def _dist_run(script: str, tmp: Path, args: list, work_dir: Path, nnodes: int, n
             proc.wait()
     log_tail = logs[0].read_text(errors='replace')[-3000:]
     assert not hung, f'{script} did not finish in {TIME_LIMIT_S} s:\n{log_tail}'
+    if not expect_success:
+        return [p.returncode for p in procs], logs[0].read_text(errors='replace')
     for proc, log in zip(procs, logs):
         assert proc.returncode == 0, log.read_text(errors='replace')[-3000:]
     return port
@@ -155,3 +158,21 @@ def test_dist_test_gathers_the_predictions_of_both_processes(tmp_path):
         predictions = pickle.load(f)
     assert sorted(p['sample_idx'] for p in predictions) == list(range(8))
     assert all(int(p['pred_label']) == 1 for p in predictions)
+
+
+def test_a_frozen_peer_fails_the_run_within_the_timeout(tmp_path):
+    """Rank 1 freezes (SIGSTOP) after its second iteration: rank 0's next
+    collective fails after env_cfg.dist_cfg.timeout seconds (default 600 s,
+    10 here) and the launcher ends with an error instead of waiting 30 min."""
+    data = write_images(tmp_path / 'data', per_class=4)
+    hooks = "custom_hooks = [dict(type='FreezeRankHook', rank=1, iters=2)]\n"
+    config = write_config(tmp_path / 'tiny.py', str(data), imports=['fec_mm', 'recording_hooks'],
+                          extra=hooks)
+    start = time.monotonic()
+    codes, log = _dist_run('dist_train.sh', tmp_path, [config], tmp_path / 'work', 1, 2,
+                           '--cfg-options', 'env_cfg.dist_cfg.timeout=10',
+                           'train_cfg.max_iters=6', expect_success=False)
+    elapsed = time.monotonic() - start
+    assert codes[0] != 0, log[-3000:]
+    assert 'Timed out waiting 10000ms' in log, log[-3000:]
+    assert elapsed < TIME_LIMIT_S

@@ -1,5 +1,5 @@
 """tools/train.py and tools/test.py: arguments as in mmdet 3.x, clear errors
-for bad input, the trusted checkpoint loader, launcher environments and the
+for bad input, checks of the checkpoint against the model, launcher environments and the
 slurm scripts' arguments."""
 import os
 import pickle
@@ -16,9 +16,7 @@ from fec_mm.engine import (
     build_test_parser,
     build_train_parser,
     check_data_paths,
-    load_from_trusted_local,
     mpi_dist_env,
-    register_trusted_local_loader,
     slurm_dist_env,
     slurm_first_host,
 )
@@ -49,8 +47,10 @@ def test_train_arguments_as_mmdet(config, data, tmp_path, monkeypatch):
     cfg = _train_config(config)
     assert cfg.work_dir == os.path.join('./work_dirs', 'tiny')
     assert cfg.launcher == 'none' and not cfg.get('resume', False)
-    assert [h['type'] for h in cfg.custom_hooks] == ['RngStateHook']
-    assert cfg.custom_imports.imports == ['fec_mm', 'fec_mm.engine']  # registers the hook
+    assert [h['type'] for h in cfg.custom_hooks] == ['RngStateHook', 'NonFiniteLossHook']
+    assert cfg.custom_imports.imports == ['fec_mm', 'fec_mm.engine']  # registers the hooks
+    # mmengine's CheckpointHook is swapped for the crash-safe one.
+    assert cfg.default_hooks.checkpoint.type == 'AtomicCheckpointHook'
     cfg = _train_config(config, '--work-dir', 'wd', '--resume',
                         '--cfg-options', 'train_cfg.max_iters=7', 'optim_wrapper.optimizer.lr=0.5')
     assert cfg.work_dir == 'wd' and cfg.resume is True and cfg.load_from is None
@@ -59,10 +59,11 @@ def test_train_arguments_as_mmdet(config, data, tmp_path, monkeypatch):
     checkpoint.write_bytes(b'')
     cfg = _train_config(config, '--resume', checkpoint)
     assert cfg.resume is True and cfg.load_from == str(checkpoint)
-    # A config that has the hook already does not get a second one.
+    # A config that has a hook already does not get a second one.
     with_hook = write_config(tmp_path / 'with_hook.py', str(data),
                              extra="custom_hooks = [dict(type='RngStateHook')]\n")
-    assert [h['type'] for h in _train_config(with_hook).custom_hooks] == ['RngStateHook']
+    assert [h['type'] for h in _train_config(with_hook).custom_hooks] == [
+        'RngStateHook', 'NonFiniteLossHook']
     args = build_train_parser().parse_args([str(config), '--local-rank', '3',
                                             '--launcher', 'slurm'])
     assert args.local_rank == 3 and args.launcher == 'slurm'
@@ -161,28 +162,6 @@ def test_missing_data_writes_nothing(tmp_path):
     assert list(cwd.iterdir()) == []
 
 
-def test_trusted_loader_reads_mmengine_objects(tmp_path):
-    from mmengine.logging import HistoryBuffer
-    from mmengine.runner import CheckpointLoader
-    path = tmp_path / 'ckpt.pth'
-    torch.save(dict(state_dict={'w': torch.ones(2)}, message_hub=HistoryBuffer([1.0], [1])), path)
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(path)  # what mmengine's own loader does under torch>=2.6
-    register_trusted_local_loader()
-    loaded = CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
-    assert torch.equal(loaded['state_dict']['w'], torch.ones(2))
-    assert isinstance(loaded['message_hub'], HistoryBuffer)
-
-
-def test_trusted_loader_errors_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match='checkpoint not found: .*gone.pth'):
-        load_from_trusted_local(str(tmp_path / 'gone.pth'))
-    garbage = tmp_path / 'garbage.pth'
-    garbage.write_bytes(b'not a checkpoint')
-    with pytest.raises(RuntimeError, match='cannot read checkpoint .*garbage.pth'):
-        load_from_trusted_local(str(garbage))
-
-
 def test_test_tool_loads_the_checkpoint_and_dumps_predictions(tmp_path, data):
     config = write_test_config(tmp_path / 'tiny.py', str(data))
     checkpoint = write_dog_checkpoint(config, tmp_path / 'dog.pth')
@@ -205,8 +184,18 @@ def test_test_tool_rejects_bad_checkpoints(tmp_path, data):
         run_test(build_test_parser().parse_args([args[0], str(tmp_path / 'none.pth')] + args[1:]))
     other = tmp_path / 'other.pth'
     torch.save(dict(state_dict={'backbone.stem.weight': torch.zeros(1)}), other)
-    with pytest.raises(ValueError, match=r'other.pth lacks \d+ of the model'):
+    with pytest.raises(ValueError, match=r'other.pth shares no weight with the model'):
         run_test(build_test_parser().parse_args([args[0], str(other)] + args[1:]))
+    good = torch.load(write_dog_checkpoint(config, tmp_path / 'dog.pth'))['state_dict']
+    partial = tmp_path / 'partial.pth'
+    torch.save(dict(state_dict={k: v for k, v in good.items() if 'stages.3' not in k}), partial)
+    with pytest.raises(ValueError, match=r'partial.pth lacks \d+ of the model.*stages.3'):
+        run_test(build_test_parser().parse_args([args[0], str(partial)] + args[1:]))
+    wider = tmp_path / 'wider.pth'
+    torch.save(dict(state_dict=dict(good, **{'head.fc.weight': torch.zeros(5, 32),
+                                              'head.fc.bias': torch.zeros(5)})), wider)
+    with pytest.raises(ValueError, match=r'wider.pth: 2 weights have other shapes.*\(5, 32\)'):
+        run_test(build_test_parser().parse_args([args[0], str(wider)] + args[1:]))
     with pytest.raises(ValueError, match='--out must name a .pkl'):
         run_test(build_test_parser().parse_args(
             [args[0], str(other), '--out', 'x.json'] + args[1:]))

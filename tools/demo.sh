@@ -2,7 +2,8 @@
 # The main job (README, "Main job (demo)"): write the demo data if missing,
 # train FEC-Small Mask R-CNN on it on CPU, evaluate it at the end of
 # training (COCO bbox/segm AP from pycocotools), then print a summary and
-# check that the loss fell and both APs are above 0 (exit status 1 if not).
+# check that the loss fell and both APs are above 0 (exit status 1 if not),
+# and publish the final checkpoint (weights + meta, sha256 in the name).
 # Extra arguments go to tools/train.py (e.g. --cfg-options randomness.seed=0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,3 +18,5 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 "$PY" tools/make_demo_data.py --out data/demo
 "$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" "$@"
 "$PY" -m fec_mm.datasets.demo_report "$WORK_DIR" --require coco/bbox_mAP coco/segm_mAP
+"$PY" tools/model_converters/publish_model.py "$(cat "$WORK_DIR/last_checkpoint")" \
+  "$WORK_DIR/fec_maskrcnn_demo.pth"

@@ -14,6 +14,10 @@ from mmengine.runner import Runner
 from .launch import init_cpu_distributed, use_cpu_model_wrapper
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+# Seconds a collective waits for a missing peer (env_cfg.dist_cfg.timeout).
+# Longer than any legitimate wait of a rank for rank 0 (saving a checkpoint,
+# computing COCO metrics), far shorter than torch's 30 minutes.
+DEFAULT_DIST_TIMEOUT = 600
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -54,11 +58,14 @@ def setup_distributed(cfg: Config, args: argparse.Namespace) -> None:
         return
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
+    # A peer that dies or freezes fails the others' next collective after
+    # this many seconds (torch's default would be 30 minutes).
+    env_cfg = cfg.setdefault('env_cfg', {})
+    dist_cfg = env_cfg.setdefault('dist_cfg', {})
+    timeout = dist_cfg.setdefault('timeout', DEFAULT_DIST_TIMEOUT)
     if torch.cuda.is_available():
-        return
-    timeout = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('timeout')
-    init_cpu_distributed(args.launcher,
-                         timedelta(seconds=timeout) if timeout is not None else None)
+        return  # mmengine's init_dist starts the group with dist_cfg
+    init_cpu_distributed(args.launcher, timedelta(seconds=timeout))
     use_cpu_model_wrapper(cfg)
 
 

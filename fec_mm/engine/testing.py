@@ -10,7 +10,7 @@ from mmengine.config import Config
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
-from .checkpoint_loader import load_from_trusted_local, register_trusted_local_loader
+from ..checkpoints import load_checkpoint_file, state_dict_of
 from .cli import (
     add_common_args,
     build_runner,
@@ -56,29 +56,46 @@ def build_test_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def check_checkpoint_fits(runner: Runner, filename: str) -> None:
-    """Fail if the checkpoint lacks weights of the model.
+def check_checkpoint_fits(runner: Runner, filename: str, allow_other_shapes: bool = False) -> None:
+    """Fail if the checkpoint's weights do not fit the runner's model.
 
     mmengine loads ``load_from`` non-strictly and only warns, which would
-    evaluate randomly initialised weights. Keys the model does not have are
-    left to mmengine's warning.
+    evaluate (or resume) randomly initialised or mis-shaped weights. Keys
+    the model does not have are left to mmengine's warning.
+
+    Args:
+        runner (Runner): Built, before it loads the checkpoint.
+        filename (str): The local checkpoint.
+        allow_other_shapes (bool): Accept missing and mis-shaped tensors as
+            long as some weights are shared (fine-tuning with ``load_from``
+            into a model with other heads). Default False.
 
     Raises:
-        ValueError: Names the file, the number of missing weights and a few
-            of them.
+        FileNotFoundError, fec_mm.checkpoints.CheckpointError: The file is
+            missing or unusable (truncated, corrupted, non-finite, ...).
+        ValueError: Names the file and the first missing or mis-shaped
+            weights.
     """
-    checkpoint = load_from_trusted_local(filename, map_location='cpu')
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f'checkpoint {filename} holds a {type(checkpoint).__name__}, '
-                         'not a dict of weights')
-    state_dict = checkpoint.get('state_dict', checkpoint)
-    keys = {re.sub(r'^module\.', '', k) for k in state_dict}
+    checkpoint = load_checkpoint_file(filename, map_location='cpu')
+    state_dict = {re.sub(r'^module\.', '', k): v for k, v in state_dict_of(checkpoint).items()}
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-    missing = sorted(set(model.state_dict()) - keys)
+    own = model.state_dict()
+    shared = [k for k in own if k in state_dict]
+    if not shared:
+        raise ValueError(f'checkpoint {filename} shares no weight with the model (another '
+                         f'model?); its first keys: {list(state_dict)[:5]}')
+    if allow_other_shapes:
+        return
+    missing = [k for k in own if k not in state_dict]
     if missing:
         raise ValueError(f'checkpoint {filename} lacks {len(missing)} of the model\'s '
-                         f'{len(model.state_dict())} weights (another model or config?), '
-                         f'e.g. {missing[:5]}')
+                         f'{len(own)} weights (another model or config?), e.g. {missing[:5]}')
+    mismatched = [f'{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}'
+                  for k in shared if state_dict[k].shape != own[k].shape]
+    if mismatched:
+        raise ValueError(f'checkpoint {filename}: {len(mismatched)} weights have other shapes '
+                         f'than the model\'s (checkpoint vs model; another arch or config?), '
+                         f'e.g. {mismatched[:3]}')
 
 
 def test(args: argparse.Namespace) -> dict:
@@ -90,7 +107,6 @@ def test(args: argparse.Namespace) -> dict:
     Returns:
         dict: The metrics of ``runner.test()``.
     """
-    register_trusted_local_loader()
     cfg = build_test_config(args)
     setup_distributed(cfg, args)
     runner = build_runner(cfg)

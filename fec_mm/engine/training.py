@@ -4,15 +4,16 @@ decides), plus what the current stack needs (torch>=2.6 resume, CPU
 distributed runs, exact resume of the random number generators)."""
 import argparse
 import logging
+import os
 import os.path as osp
 from typing import Optional, Sequence
 
 import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
-from mmengine.runner import Runner, find_latest_checkpoint
+from mmengine.runner import Runner
 
-from .checkpoint_loader import load_from_trusted_local, register_trusted_local_loader
+from ..checkpoints import AtomicCheckpointHook, find_resumable_checkpoint, load_checkpoint_file
 from .cli import (
     add_common_args,
     build_runner,
@@ -22,6 +23,8 @@ from .cli import (
 )
 from .data_checks import check_data_paths
 from .rng_state_hook import RngStateHook
+from .testing import check_checkpoint_fits
+from .training_guards import NonFiniteLossHook, WorkDirLock
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -83,17 +86,29 @@ def build_train_config(args: argparse.Namespace) -> Config:
         cfg.auto_scale_lr.enable = True
 
     if args.resume == 'auto':
+        # The newest complete checkpoint, whatever last_checkpoint says
+        # (stale, empty, or the absolute path of a moved work dir).
         cfg.resume = True
-        cfg.load_from = None
+        cfg.load_from = find_resumable_checkpoint(cfg.work_dir)
+        if cfg.load_from is None:
+            print_log(f'--resume: no complete checkpoint in {cfg.work_dir}; training from '
+                      'the start', logger='current', level=logging.WARNING)
     elif args.resume is not None:
         if '://' not in args.resume and not osp.isfile(args.resume):
             raise FileNotFoundError(f'--resume: checkpoint not found: {args.resume}')
         cfg.resume = True
         cfg.load_from = args.resume
 
+    checkpoint_hook = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if isinstance(checkpoint_hook, dict) and checkpoint_hook.get('type') == 'CheckpointHook':
+        checkpoint_hook['type'] = AtomicCheckpointHook.__name__  # crash-safe saves
+
     hooks = list(cfg.get('custom_hooks') or [])
-    if not any(isinstance(h, dict) and h.get('type') == RngStateHook.__name__ for h in hooks):
-        cfg.custom_hooks = hooks + [dict(type=RngStateHook.__name__)]
+    types = {h.get('type') for h in hooks if isinstance(h, dict)}
+    added = [dict(type=hook.__name__) for hook in (RngStateHook, NonFiniteLossHook)
+             if hook.__name__ not in types]
+    if added:
+        cfg.custom_hooks = hooks + added
         # The config dumped to the work dir then also builds with other tools.
         custom_imports = dict(cfg.get('custom_imports') or dict(allow_failed_imports=False))
         imports = custom_imports.get('imports', [])
@@ -121,10 +136,10 @@ def use_resumed_seed(cfg: Config) -> None:
     """
     if not cfg.get('resume') or cfg.get('randomness', {}).get('seed') is not None:
         return
-    path = cfg.get('load_from') or find_latest_checkpoint(cfg.work_dir)
+    path = cfg.get('load_from')
     if path is None or '://' in path:
         return
-    checkpoint = load_from_trusted_local(path, map_location='cpu')
+    checkpoint = load_checkpoint_file(path, map_location='cpu')
     seed = checkpoint.get('meta', {}).get('seed') if isinstance(checkpoint, dict) else None
     if seed is not None:
         cfg.randomness = dict(cfg.get('randomness') or {}, seed=seed)
@@ -141,13 +156,23 @@ def train(args: argparse.Namespace) -> Runner:
         Runner: The runner after training (``runner.model`` holds the
         final weights).
     """
-    register_trusted_local_loader()
     cfg = build_train_config(args)
     use_resumed_seed(cfg)
-    setup_distributed(cfg, args)
-    runner = build_runner(cfg)
-    runner.train()
-    finish_distributed()
+    lock = WorkDirLock(cfg.work_dir)
+    if int(os.environ.get('RANK', '0')) == 0:
+        lock.acquire()
+    try:
+        setup_distributed(cfg, args)
+        runner = build_runner(cfg)
+        load_from = cfg.get('load_from')
+        if load_from and '://' not in load_from:
+            # --resume: the whole model must fit; load_from (fine-tuning) may
+            # change heads (mmengine warns), but not the backbone.
+            check_checkpoint_fits(runner, load_from, allow_other_shapes=not cfg.get('resume'))
+        runner.train()
+        finish_distributed()
+    finally:
+        lock.release()
     return runner
 
 

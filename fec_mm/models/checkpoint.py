@@ -5,19 +5,23 @@ name the stages ``network.{0,2,4,6}``, the cluster poolings
 ``network.{1,3,5}`` (with their norm as ``norm2``), the classification norm
 ``norm`` and the dense-prediction norms ``norm{0,2,4,6}``.
 """
-import os.path as osp
 import re
 from collections import OrderedDict
 from typing import Dict, Optional
 
-import torch
 import torch.nn as nn
 from mmengine.logging import MMLogger
 from mmengine.runner import CheckpointLoader
 from torch import Tensor
 
-StateDict = Dict[str, Tensor]
+from ..checkpoints.safe_load import (
+    CheckpointError,
+    last_read_file,
+    load_checkpoint_file,
+    state_dict_of,
+)
 
+StateDict = Dict[str, Tensor]
 
 
 def is_reference_layout(state_dict: StateDict) -> bool:
@@ -57,35 +61,61 @@ def read_state_dict(filename: str, map_location: str = 'cpu') -> StateDict:
     """Read a checkpoint file and return its tensors.
 
     Accepts weights under 'state_dict', 'model' or at the top level, and
-    strips a DDP 'module.' prefix. Raises FileNotFoundError for a missing
-    local file and ValueError for a file that holds no state dict.
+    strips a DDP 'module.' prefix. Local files go through the checked,
+    weights-only :func:`fec_mm.checkpoints.load_checkpoint_file`; URLs
+    through mmengine's loaders.
+
+    Raises:
+        FileNotFoundError: A local file that does not exist.
+        ValueError: The file is unusable or holds no state dict
+            (:class:`fec_mm.checkpoints.CheckpointError`, naming the file).
     """
-    if '://' not in filename and not osp.isfile(filename):
-        raise FileNotFoundError(f'FEC checkpoint not found: {filename}')
-    try:
-        if '://' in filename:
-            checkpoint = CheckpointLoader.load_checkpoint(filename, map_location=map_location)
-        else:
-            # Our checkpoints hold mmengine objects (message hub, history
-            # buffers) that torch>=2.6's weights_only loading refuses; the
-            # path is the user's own choice, as with mmengine's loader.
-            checkpoint = torch.load(filename, map_location=map_location, weights_only=False)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f'could not read FEC checkpoint {filename}: {err}') from err
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f'FEC checkpoint {filename} holds a {type(checkpoint).__name__}, '
-                         'not a dict of weights')
-    for key in ('state_dict', 'model'):
-        if isinstance(checkpoint.get(key), dict):
-            checkpoint = checkpoint[key]
-            break
+    if '://' in filename:
+        checkpoint = CheckpointLoader.load_checkpoint(filename, map_location=map_location)
+    else:
+        checkpoint = load_checkpoint_file(filename, map_location=map_location)
     state_dict = OrderedDict(
         (k[len('module.'):] if k.startswith('module.') else k, v)
-        for k, v in checkpoint.items() if isinstance(v, Tensor))
+        for k, v in state_dict_of(checkpoint).items())
     if not state_dict:
-        raise ValueError(f'FEC checkpoint {filename} holds no tensors '
-                         f'(top-level keys: {sorted(checkpoint)[:10]})')
+        raise CheckpointError(f'FEC checkpoint {filename} holds no tensors')
     return state_dict
+
+
+def check_weights_fit(model: nn.Module, state_dict: StateDict, prefix: str = '') -> None:
+    """Fail when the tensors under ``prefix`` are not this FEC's weights.
+
+    Mis-shaped tensors (another arch) and a prefix whose keys are none of
+    the model's (another backbone, or the authors' layout loaded without
+    conversion) are errors; keys that are merely missing are left to the
+    loader's report (e.g. the norms of a classification checkpoint loaded
+    into a detector).
+
+    Raises:
+        ValueError: Names the file last read (if any), the arch and the
+            first mismatches.
+    """
+    own = {prefix + k: v for k, v in model.state_dict().items()}
+    ours = [k for k in state_dict if k.startswith(prefix)] if prefix else list(state_dict)
+    if not ours:
+        return
+    source = last_read_file()
+    source = f' (last checkpoint file read: {source})' if source else ''
+    arch = f"FEC(arch='{getattr(model, 'arch_name', '?')}')"
+    mismatched = [f'{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}'
+                  for k in ours if k in own and state_dict[k].shape != own[k].shape]
+    if mismatched:
+        raise ValueError(f'{arch} cannot take these weights{source}: {len(mismatched)} tensors '
+                         f'have other shapes (checkpoint vs model), e.g. {mismatched[:3]}; '
+                         'a checkpoint of another FEC arch or another model?')
+    if not any(k in own for k in ours):
+        hint = (' They are in the authors\' layout: convert the file with '
+                'tools/model_converters/fec_reference_to_mm.py, or load it with '
+                "init_cfg=dict(type='Pretrained', ...)."
+                if is_reference_layout({k[len(prefix):]: None for k in ours}) else '')
+        raise ValueError(f'{arch} shares no weight with the state dict{source}: its '
+                         f'{len(ours)} tensors under {prefix!r} are another model\'s, e.g. '
+                         f'{ours[:3]}.{hint}')
 
 
 def backbone_state_dict(state_dict: StateDict, prefix: Optional[str] = None) -> StateDict:

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ops import IMPLS
-from .checkpoint import load_fec_checkpoint
+from .checkpoint import check_weights_fit, load_fec_checkpoint
 from .cluster_block import ClusterBlock
 from .cluster_pooling import ClusterPooling
 
@@ -41,9 +41,18 @@ class PointReducer(nn.Module):
         return self.proj(torch.cat([x, pos.expand(B, -1, -1, -1)], dim=1))
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _per_stage(name: str, value: IntOrSeq) -> Tuple[int, ...]:
-    values = (value,) * NUM_STAGES if isinstance(value, int) else tuple(value)
-    if len(values) != NUM_STAGES or not all(isinstance(v, int) and v > 0 for v in values):
+    if _is_int(value):
+        values = (value,) * NUM_STAGES
+    elif isinstance(value, (list, tuple)):
+        values = tuple(value)
+    else:
+        values = ()
+    if len(values) != NUM_STAGES or not all(_is_int(v) and v > 0 for v in values):
         raise ValueError(f'FEC: {name} must be a positive int or {NUM_STAGES} positive ints '
                          f'(one per stage), got {value!r}')
     return values
@@ -90,7 +99,19 @@ class FEC(BaseModule):
             Default 'auto'.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...,
             prefix=None)`` loads our checkpoints and the authors' layout
-            (see :func:`fec_mm.models.checkpoint.load_fec_checkpoint`).
+            (see :func:`fec_mm.models.checkpoint.load_fec_checkpoint`);
+            any other mmengine init config is applied by ``init_weights()``
+            over the default below.
+
+    Default initialisation, as in the authors' code (FEC_SPEC.md §2), so that
+    from-scratch training starts from the paper's distribution: every
+    ``nn.Linear`` (the block MLPs) gets a truncated normal with std 0.02 and
+    zero bias; every ``nn.Conv2d`` (stem, mixer ``f``/``v``/``proj``, pooling
+    ``conv_f``/``conv_v``/``conv_skip``) keeps PyTorch's default
+    (Kaiming-uniform with a=√5, bias uniform in ±1/√fan_in). This matters most
+    for the poolings' ``conv_f``: it never trains, so its initial weights are
+    the grouping the model keeps. GroupNorms start at weight 1, bias 0; layer
+    scales at ``layer_scale_init``; the mixers' α at 1 and β at 0.
     """
 
     arch_settings: Dict[str, dict] = {
@@ -119,7 +140,12 @@ class FEC(BaseModule):
                  ops_impl: str = 'auto',
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
+        self.arch_name = arch if isinstance(arch, str) else 'custom'
         self.arch = self._parse_arch(arch)
+        if (isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float))
+                or not 0 <= drop_path_rate < 1):
+            raise ValueError(f'FEC: drop_path_rate must be in [0, 1), got {drop_path_rate!r} '
+                             '(1 drops every residual branch, so no block would learn)')
         self.num_centers = _per_stage('num_centers', num_centers)
         self.folds = _per_stage('folds', folds)
         self.out_indices = self._parse_out_indices(out_indices)
@@ -189,8 +215,10 @@ class FEC(BaseModule):
 
     @staticmethod
     def _init_default(m: nn.Module) -> None:
-        # As the authors: truncated normal (std .02) weights, zero biases.
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
+        # The authors' recipe (FEC_SPEC.md §2, "Initialisation"): linears only;
+        # every Conv2d keeps PyTorch's default, which the never-trained
+        # pooling conv_f then keeps for the life of the model.
+        if isinstance(m, nn.Linear):
             trunc_normal_(m.weight, std=.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -228,6 +256,15 @@ class FEC(BaseModule):
                 if isinstance(m, _BatchNorm):
                     m.eval()
         return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        # Called by torch's and mmengine's load_state_dict (so by every
+        # library's load_checkpoint): mmengine only warns about mis-shaped
+        # tensors and would leave a model of another arch at random weights.
+        check_weights_fit(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

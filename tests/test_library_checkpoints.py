@@ -1,0 +1,216 @@
+"""A checkpoint written by ``tools/train.py`` loads and predicts through each
+library's own API (mmdet, mmseg, mmpretrain), in a fresh process that imports
+the library first and fec_mm only through the config's ``custom_imports``;
+the published form loads with a bare ``torch.load(weights_only=True)``; bad
+checkpoints are errors naming the file in those APIs too."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from demo_config_helpers import CONFIG_DIR, load_demo_config
+from PIL import Image
+
+from fec_mm.checkpoints import publish_checkpoint
+from fec_mm.datasets import make_demo_data
+from fec_mm.engine import build_train_parser, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def demo_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp('demo')
+    make_demo_data(str(root), num_train=4, num_val=2)
+    return root
+
+
+@pytest.fixture(scope='module')
+def photo(tmp_path_factory):
+    """A real photograph (scikit-image's astronaut), odd-sized."""
+    from skimage import data
+    path = tmp_path_factory.mktemp('photo') / 'astronaut.jpg'
+    Image.fromarray(data.astronaut()).resize((203, 157)).save(path)
+    return path
+
+
+def trained(name: str, demo_root: Path, tmp: Path):
+    """Train a demo config for a few iterations with tools/train.py; return
+    (dumped config, checkpoint)."""
+    cfg = load_demo_config(CONFIG_DIR / 'demo' / name, demo_root)
+    if 'max_iters' in cfg.train_cfg:
+        cfg.train_cfg.update(max_iters=2, val_interval=2)
+        cfg.default_hooks.checkpoint.update(interval=2)
+    else:
+        cfg.train_cfg.update(max_epochs=1, val_interval=1)
+        cfg.default_hooks.checkpoint.update(interval=1)
+    if cfg.default_scope == 'mmdet':
+        cfg.model.test_cfg.rpn.max_per_img = 50
+        cfg.model.test_cfg.rcnn.max_per_img = 10
+    cfg.experiment_name = uuid.uuid4().hex
+    config = tmp / name
+    cfg.dump(str(config))
+    work_dir = tmp / 'work'
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(build_train_parser().parse_args([str(config), '--work-dir', str(work_dir)]))
+    finally:
+        torch.set_num_threads(threads)
+    checkpoint = work_dir / ('iter_2.pth' if 'max_iters' in cfg.train_cfg else 'epoch_1.pth')
+    assert checkpoint.is_file()
+    return config, checkpoint
+
+
+def run_fresh(code: str, **paths) -> dict:
+    """Run ``code`` in a new interpreter (the library is imported before any
+    config is read); it prints one JSON line, returned here."""
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO))
+    header = ''.join(f'{k} = {str(v)!r}\n' for k, v in paths.items())
+    result = subprocess.run([sys.executable, '-c', header + textwrap.dedent(code)],
+                            capture_output=True, text=True, env=env, cwd=str(REPO), timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# Shared by the scripts: are the model's weights those of the file? (A model
+# left at random init would also predict something.)
+SAME_WEIGHTS = '''
+import torch
+def same_weights(model, ckpt):
+    saved = torch.load(ckpt, map_location='cpu')['state_dict']
+    own = model.state_dict()
+    return all(torch.equal(own[k].cpu(), v) for k, v in saved.items())
+def error_of(fn):
+    try:
+        fn()
+    except Exception as err:
+        return f'{type(err).__name__}: {err}'
+    return None
+'''
+
+
+def bad_checkpoints(checkpoint: Path, tmp: Path) -> dict:
+    """A truncated copy and a non-checkpoint pickle of ``checkpoint``."""
+    truncated = tmp / 'truncated.pth'
+    data = checkpoint.read_bytes()
+    truncated.write_bytes(data[:len(data) // 2])
+    not_weights = tmp / 'not_weights.pth'
+    torch.save({'lr': [0.1, 0.01]}, not_weights)
+    return dict(truncated=truncated, not_weights=not_weights)
+
+
+def test_mmdet_apis_and_packaged_test_tool(demo_root, photo, tmp_path):
+    config, checkpoint = trained('fec_maskrcnn_demo.py', demo_root, tmp_path)
+    out = run_fresh(SAME_WEIGHTS + '''
+from mmdet.apis import DetInferencer, inference_detector, init_detector
+inferencer = DetInferencer(model=config, weights=checkpoint, device='cpu')
+pred = inferencer(photo, return_vis=False)['predictions'][0]
+model = init_detector(config, checkpoint, device='cpu')
+result = inference_detector(model, photo)
+print_json = dict(
+    inferencer_loaded=same_weights(inferencer.model, checkpoint),
+    init_loaded=same_weights(model, checkpoint),
+    classes=list(model.dataset_meta['classes']),
+    scores=pred['scores'],
+    same_boxes=torch.allclose(torch.tensor(pred['bboxes']).reshape(-1, 4),
+                              result.pred_instances.bboxes, atol=1e-3),
+    truncated=error_of(lambda: init_detector(config, truncated, device='cpu')),
+    not_weights=error_of(lambda: DetInferencer(model=config, weights=not_weights,
+                                               device='cpu')))
+import json; print(json.dumps(print_json))
+''', config=config, checkpoint=checkpoint, photo=photo, **bad_checkpoints(checkpoint, tmp_path))
+    assert out['inferencer_loaded'] and out['init_loaded']
+    assert out['classes'] == ['circle', 'square', 'triangle']
+    assert out['same_boxes'] and all(0 <= s <= 1 for s in out['scores'])
+    assert 'truncated.pth is truncated or corrupted' in out['truncated']
+    assert 'not_weights.pth holds a dict without tensors' in out['not_weights']
+
+    import mmdet
+    tool = Path(mmdet.__file__).parent / '.mim' / 'tools' / 'test.py'
+    result = subprocess.run(
+        [sys.executable, str(tool), str(config), str(checkpoint), '--work-dir',
+         str(tmp_path / 'mmdet_test')], capture_output=True, text=True, cwd=str(REPO),
+        env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO)), timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert 'coco/bbox_mAP' in result.stdout + result.stderr
+
+    published = publish_checkpoint(str(checkpoint), str(tmp_path / 'fec_maskrcnn_demo.pth'))
+    out = run_fresh('''
+import hashlib, json, os, torch
+ckpt = torch.load(published, weights_only=True)  # no fec_mm imported
+sha = hashlib.sha256(open(published, 'rb').read()).hexdigest()
+print(json.dumps(dict(keys=sorted(ckpt), meta=sorted(ckpt['meta']),
+                      classes=list(ckpt['meta']['dataset_meta']['classes']),
+                      named=os.path.basename(published).endswith(sha[:8] + '.pth'))))
+''', published=published)
+    assert out['keys'] == ['meta', 'state_dict'] and out['named']
+    assert 'cfg' in out['meta'] and out['classes'] == ['circle', 'square', 'triangle']
+    out = run_fresh(SAME_WEIGHTS + '''
+from mmdet.apis import DetInferencer
+inferencer = DetInferencer(model=config, weights=published, device='cpu')
+inferencer(photo, return_vis=False)
+import json; print(json.dumps(dict(loaded=same_weights(inferencer.model, published))))
+''', config=config, published=published, photo=photo)
+    assert out['loaded']
+
+
+def test_mmseg_apis(demo_root, photo, tmp_path):
+    config, checkpoint = trained('fec_semfpn_demo.py', demo_root, tmp_path)
+    other_arch = tmp_path / 'base.pth'
+    saved = torch.load(checkpoint, weights_only=False)
+    from fec_mm.models import FEC
+    saved['state_dict'].update({f'backbone.{k}': v for k, v in FEC('base').state_dict().items()})
+    torch.save(saved, other_arch)
+    out = run_fresh(SAME_WEIGHTS + '''
+from mmseg.apis import MMSegInferencer, inference_model, init_model
+model = init_model(config, checkpoint, device='cpu')
+result = inference_model(model, photo)
+inferencer = MMSegInferencer(model=config, weights=checkpoint, device='cpu')
+pred = inferencer(photo, return_datasamples=True)
+print_json = dict(
+    init_loaded=same_weights(model, checkpoint),
+    inferencer_loaded=same_weights(inferencer.model, checkpoint),
+    shape=list(result.pred_sem_seg.data.shape),
+    same=bool((pred.pred_sem_seg.data == result.pred_sem_seg.data).all()),
+    other_arch=error_of(lambda: init_model(config, other_arch, device='cpu')))
+import json; print(json.dumps(print_json))
+''', config=config, checkpoint=checkpoint, photo=photo, other_arch=other_arch)
+    assert out['init_loaded'] and out['inferencer_loaded'] and out['same']
+    assert out['shape'] == [1, 157, 203]
+    assert "FEC(arch='small') cannot take these weights" in out['other_arch']
+    assert 'base.pth' in out['other_arch']
+
+
+def test_mmpretrain_apis_and_packaged_test_tool(demo_root, photo, tmp_path):
+    config, checkpoint = trained('fec_cls_demo.py', demo_root, tmp_path)
+    out = run_fresh(SAME_WEIGHTS + '''
+from mmpretrain import ImageClassificationInferencer, get_model
+model = get_model(config, pretrained=checkpoint, device='cpu')
+inferencer = ImageClassificationInferencer(model=config, pretrained=checkpoint, device='cpu')
+pred = inferencer(photo)[0]
+print_json = dict(get_model_loaded=same_weights(model, checkpoint),
+                  inferencer_loaded=same_weights(inferencer.model, checkpoint),
+                  score=float(pred['pred_score']), classes=len(pred['pred_scores']),
+                  truncated=error_of(lambda: get_model(config, pretrained=truncated)))
+import json; print(json.dumps(print_json))
+''', config=config, checkpoint=checkpoint, photo=photo, **bad_checkpoints(checkpoint, tmp_path))
+    assert out['get_model_loaded'] and out['inferencer_loaded']
+    assert 0 < out['score'] <= 1 and out['classes'] >= 2
+    assert 'truncated.pth is truncated or corrupted' in out['truncated']
+
+    import mmpretrain
+    tool = Path(mmpretrain.__file__).parent / '.mim' / 'tools' / 'test.py'
+    result = subprocess.run(
+        [sys.executable, str(tool), str(config), str(checkpoint), '--work-dir',
+         str(tmp_path / 'mmpretrain_test')], capture_output=True, text=True, cwd=str(REPO),
+        env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO)), timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert 'accuracy/top1' in result.stdout + result.stderr
+    assert np.isfinite(float(result.stdout.split('accuracy/top1:')[-1].split()[0]))
