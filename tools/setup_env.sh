@@ -1,6 +1,16 @@
 #!/usr/bin/env bash
 # Create .venv in the repository root and install everything fec-mm needs.
-# Idempotent: each step is skipped when its result is already there.
+# Idempotent: nothing is installed when the environment is up to date.
+#
+# Which mmcv (MMCV=lite|full, e.g. `make setup MMCV=full`):
+#   lite  mmcv-lite 2.1.0 (PyPI wheel, pure Python) plus fec-mm-mmcv-ops
+#         (mmcv_lite_ops/: the mmcv._ext that provides nms and RoIAlign from
+#         torchvision's compiled kernels and sigmoid focal loss in PyTorch).
+#         No compiler; what every shipped config needs.
+#   full  mmcv 2.1.0 built from source with all its ops (deformable
+#         convolution, CARAFE, ...): 11-33 min on 2 cores, once; the wheel is
+#         cached in ~/.cache/fec-mm/mmcv-2.1.0-torch-2.11.0/.
+#   unset keep the mmcv .venv has (a compiled mmcv stays), lite for a new one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -8,10 +18,10 @@ VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 TORCH=2.11.0
 TORCHVISION=0.26.0
-MMCV=2.1.0
+MMCV_VERSION=2.1.0
 # The built mmcv wheel is cached per torch version: pip's own wheel cache
 # would hand it back for any torch and mmcv._ext would fail to load.
-MMCV_CACHE="${FEC_MM_WHEEL_CACHE:-$HOME/.cache/fec-mm}/mmcv-$MMCV-torch-$TORCH"
+MMCV_CACHE="${FEC_MM_WHEEL_CACHE:-$HOME/.cache/fec-mm}/mmcv-$MMCV_VERSION-torch-$TORCH"
 
 log() { echo "[setup_env] $*"; }
 
@@ -21,14 +31,60 @@ if [ ! -x "$PY" ]; then
 fi
 PIP=("$PY" -m pip install --disable-pip-version-check -q)
 
-# Stamp: skip everything when requirements and setup files have not changed
-# and the environment still imports.
+# Prints full, lite or none: the mmcv $MMCV_VERSION that .venv has working
+# (full: the compiled mmcv._ext; lite: mmcv-lite with fec-mm-mmcv-ops's).
+# With the argument "all", none also when the rest of the stack fails to import.
+mmcv_kind() {
+  "$PY" - "$MMCV_VERSION" "$@" <<'EOF' 2>/dev/null || echo none
+import importlib.machinery
+import os
+import sys
+
+import mmcv
+import mmcv._ext
+
+path = mmcv._ext.__file__
+if mmcv.__version__ != sys.argv[1]:
+    kind = 'none'
+elif path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+    kind = 'full'
+else:
+    from importlib.metadata import distribution
+    ours = distribution('fec-mm-mmcv-ops').locate_file('mmcv/_ext.py')
+    kind = 'lite' if os.path.samefile(ours, path) else 'none'
+if sys.argv[2:] == ['all']:
+    import fec_mm, mmcv.ops, mmdet.models, mmpretrain.models, mmseg.models  # noqa
+print(kind)
+EOF
+}
+
+# One Python start when all is well: the stack imports and says its mmcv.
+HAVE=$(mmcv_kind all)
+if [ "$HAVE" = none ]; then
+  HAVE=$(mmcv_kind)
+  STACK_OK=0
+else
+  STACK_OK=1
+fi
+WANT="${MMCV:-}"
+if [ -z "$WANT" ]; then
+  if [ "$HAVE" = full ]; then WANT=full; else WANT=lite; fi
+fi
+case "$WANT" in
+  lite|full) ;;
+  *) log "MMCV must be lite or full, not '$WANT'"; exit 2 ;;
+esac
+
+# Stamp: skip everything when requirements, set-up files and the mmcv kind
+# have not changed and the environment still imports.
 STAMP="$VENV/.fec_mm_setup_stamp"
-HASH=$({ cat requirements.txt setup.py pyproject.toml tools/setup_env.sh
-          cat fec_mm/ops/csrc/* 2>/dev/null || true; } | sha256sum | cut -d' ' -f1)
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] \
-   && "$PY" -c "import mmcv._ext, mmdet, mmseg, mmpretrain.models, fec_mm" 2>/dev/null; then
-  log "environment up to date"
+HASH=$({ echo "mmcv=$WANT"
+         cat requirements.txt setup.py pyproject.toml tools/setup_env.sh
+         cat mmcv_lite_ops/pyproject.toml mmcv_lite_ops/mmcv/_ext.py
+         cat fec_mm/ops/csrc/* 2>/dev/null || true; } | sha256sum | cut -d' ' -f1)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] && [ "$HAVE" = "$WANT" ] \
+   && [ "$STACK_OK" = 1 ]; then
+  log "environment up to date (mmcv: $WANT)"
   exit 0
 fi
 
@@ -38,23 +94,46 @@ if ! "$PY" -c "import torch, torchvision, sys; sys.exit(not (torch.__version__.s
   "${PIP[@]}" "torch==$TORCH" "torchvision==$TORCHVISION"
 fi
 
-if ! "$PY" -c "import mmcv, mmcv._ext, sys; sys.exit(mmcv.__version__ != '$MMCV')" 2>/dev/null; then
-  if ! ls "$MMCV_CACHE"/mmcv-*.whl >/dev/null 2>&1; then
-    log "building mmcv $MMCV with ops against torch $TORCH (about 11 minutes on 2 cores)"
-    mkdir -p "$MMCV_CACHE"
-    MMCV_WITH_OPS=1 MAX_JOBS="$(nproc)" "$PY" -m pip wheel --no-build-isolation \
-      --no-deps --no-cache-dir -w "$MMCV_CACHE" "mmcv==$MMCV"
-  fi
-  "${PIP[@]}" --no-deps --force-reinstall "$MMCV_CACHE"/mmcv-*.whl
-fi
-
 log "installing pinned requirements"
 # Constrain torch so that no dependency swaps it for another build.
 "${PIP[@]}" -r requirements.txt -c <(printf 'torch==%s\ntorchvision==%s\n' "$TORCH" "$TORCHVISION")
 
+installed() { "$PY" -m pip show -q "$1" >/dev/null 2>&1; }
+if [ "$HAVE" != "$WANT" ]; then
+  # mmcv and mmcv-lite own the same files: never keep both.
+  for dist in fec-mm-mmcv-ops mmcv-lite mmcv; do
+    if installed "$dist"; then
+      log "removing $dist"
+      "$PY" -m pip uninstall -y -q "$dist"
+    fi
+  done
+  if [ "$WANT" = full ]; then
+    if ! ls "$MMCV_CACHE"/mmcv-*.whl >/dev/null 2>&1; then
+      log "building mmcv $MMCV_VERSION with ops against torch $TORCH (11-33 minutes on 2 cores)"
+      mkdir -p "$MMCV_CACHE"
+      MMCV_WITH_OPS=1 MAX_JOBS="$(nproc)" "$PY" -m pip wheel --no-build-isolation \
+        --no-deps --no-cache-dir -w "$MMCV_CACHE" "mmcv==$MMCV_VERSION"
+    fi
+    log "installing mmcv $MMCV_VERSION (compiled, all ops) from $MMCV_CACHE"
+    "${PIP[@]}" --no-deps "$MMCV_CACHE"/mmcv-*.whl
+  else
+    log "installing mmcv-lite $MMCV_VERSION and fec-mm-mmcv-ops (nms, RoIAlign from torchvision)"
+    "${PIP[@]}" "mmcv-lite==$MMCV_VERSION"
+  fi
+fi
+if [ "$WANT" = lite ]; then
+  # Reinstalled on every change of mmcv_lite_ops/ (it is in the stamp's hash).
+  "${PIP[@]}" --no-build-isolation --no-deps --force-reinstall ./mmcv_lite_ops
+fi
+
 log "installing fec_mm (editable, with the CPU clustering kernels)"
 "${PIP[@]}" --no-build-isolation --no-deps -e .
 
-"$PY" -c "import mmcv._ext, mmdet, mmseg, mmpretrain.models, fec_mm"
+HAVE=$(mmcv_kind all)
+if [ "$HAVE" != "$WANT" ]; then
+  "$PY" -c "import fec_mm, mmcv.ops, mmdet.models, mmpretrain.models, mmseg.models"
+  log "expected mmcv '$WANT' in $VENV, found '$HAVE'"
+  exit 1
+fi
 echo "$HASH" > "$STAMP"
-log "done"
+log "done (mmcv: $WANT)"
