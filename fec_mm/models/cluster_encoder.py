@@ -37,6 +37,8 @@ class ClusterEncoder(nn.Module):
         self.proj = nn.Conv2d(heads * head_dim, channels, 1)
         self.sim_alpha = nn.Parameter(torch.ones(1))
         self.sim_beta = nn.Parameter(torch.zeros(1))
+        # Set by fec_mm.models.assignments.record_assignments; None: no cost.
+        self.recorder = None
 
     def forward(self, x: Tensor, scale: Optional[Tensor] = None) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W); H and W divisible by ``fold``.
@@ -52,8 +54,14 @@ class ClusterEncoder(nn.Module):
             points.transpose(1, 2).reshape(-1, d, h, w), size).flatten(2).transpose(1, 2)
         value_centers = F.adaptive_avg_pool2d(
             values.transpose(1, 2).reshape(-1, d, h, w), size).flatten(2).transpose(1, 2)
-        out = cluster_encode(points, values, centers, value_centers,
-                             self.sim_alpha, self.sim_beta, impl=self.ops_impl)
+        if self.recorder is None:
+            out = cluster_encode(points, values, centers, value_centers,
+                                 self.sim_alpha, self.sim_beta, impl=self.ops_impl)
+        else:
+            out, index, cos = cluster_encode(points, values, centers, value_centers,
+                                             self.sim_alpha, self.sim_beta,
+                                             impl=self.ops_impl, return_assignment=True)
+            self.recorder(self, 'encode', index, cos, layout, size)
         weight, bias = self.proj.weight, self.proj.bias
         if scale is not None:
             weight, bias = weight * scale[:, None, None, None], bias * scale

@@ -35,6 +35,8 @@ class ClusterPooling(nn.Module):
         self.conv_v = nn.Conv2d(in_channels, out_channels, 1)
         self.conv_f.requires_grad_(False)
         self.norm = build_norm_layer(norm_cfg, out_channels)[1]
+        # Set by fec_mm.models.assignments.record_assignments; None: no cost.
+        self.recorder = None
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_k, H, W) -> (B, C_{k+1}, H/2, W/2); H, W divisible by 2·fold."""
@@ -44,7 +46,13 @@ class ClusterPooling(nn.Module):
         B, _, d, fold, h, w = layout
         centers = F.avg_pool2d(points.transpose(1, 2).reshape(-1, d, h, w), 2)
         value_centers = F.avg_pool2d(values.transpose(1, 2).reshape(-1, d, h, w), 2)
-        pooled = cluster_pool(points, values, centers.flatten(2).transpose(1, 2),
-                              value_centers.flatten(2).transpose(1, 2), impl=self.ops_impl)
+        centers = centers.flatten(2).transpose(1, 2)
+        value_centers = value_centers.flatten(2).transpose(1, 2)
+        if self.recorder is None:
+            pooled = cluster_pool(points, values, centers, value_centers, impl=self.ops_impl)
+        else:
+            pooled, index, cos = cluster_pool(points, values, centers, value_centers,
+                                              impl=self.ops_impl, return_assignment=True)
+            self.recorder(self, 'pool', index, cos, layout, (h // 2, w // 2))
         pooled = points_to_map(pooled, (B, 1, d, fold, h // 2, w // 2))
         return self.conv_skip(x) + self.norm(pooled)

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from . import cpu, reference
 from .library import OPS
+from .reference import chosen_cosine
 
 IMPLS = ('auto', 'reference', 'cpu', 'triton')
 
@@ -129,7 +130,8 @@ def cluster_assign(points: Tensor, centers: Tensor, impl: str = 'auto') -> Tuple
 
 
 def cluster_encode(points: Tensor, values: Tensor, centers: Tensor, value_centers: Tensor,
-                   alpha: Tensor, beta: Tensor, impl: str = 'auto') -> Tensor:
+                   alpha: Tensor, beta: Tensor, impl: str = 'auto',
+                   return_assignment: bool = False):
     """Clustering-based feature encoding (FEC_SPEC.md §2, mixer steps 4-7).
 
     Args:
@@ -137,31 +139,46 @@ def cluster_encode(points: Tensor, values: Tensor, centers: Tensor, value_center
         centers, value_centers (Tensor): (R, M, d).
         alpha, beta (Tensor): one-element learnable scalars.
         impl (str): 'auto', 'reference', 'cpu' or 'triton'.
+        return_assignment (bool): Also return what the op aggregated with:
+            the index (R, N) int64 of each point's center and the cosine
+            (R, N) to it (detached). Costs nothing extra: every
+            implementation computes both anyway.
 
     Returns:
-        Tensor: (R, N, d), s[a(n), n] · g_{a(n)} for every point.
+        Tensor: (R, N, d), s[a(n), n] · g_{a(n)} for every point; or
+        (out, index, cos) with ``return_assignment``.
     """
     _check_inputs('cluster_encode', points, centers, ('values', values),
                   ('value_centers', value_centers))
     _check_scalar('cluster_encode', 'alpha', alpha, points)
     _check_scalar('cluster_encode', 'beta', beta, points)
-    return resolve_impl('cluster_encode', impl, points.device.type, points.dtype)(
-        points, values, centers, value_centers, alpha, beta)
+    fn = resolve_impl('cluster_encode', impl, points.device.type, points.dtype)
+    return fn(points, values, centers, value_centers, alpha, beta,
+              return_assignment=return_assignment)
 
 
 def cluster_pool(points: Tensor, values: Tensor, centers: Tensor, value_centers: Tensor,
-                 impl: str = 'auto') -> Tensor:
+                 impl: str = 'auto', return_assignment: bool = False):
     """Clustering-based feature pooling (FEC_SPEC.md §2, cluster pooling).
 
     Args:
         points, values (Tensor): (R, N, d).
         centers, value_centers (Tensor): (R, M, d).
         impl (str): 'auto', 'reference', 'cpu' or 'triton'.
+        return_assignment (bool): Also return the index (R, N) int64 the op
+            aggregated with and the cosine (R, N) of each point with its
+            center (one gather of the normalised centers, detached).
 
     Returns:
-        Tensor: (R, M, d), (vcenter_m + Σ_{a(n)=m} v_n) / (1 + count_m).
+        Tensor: (R, M, d), (vcenter_m + Σ_{a(n)=m} v_n) / (1 + count_m); or
+        (out, index, cos) with ``return_assignment``.
     """
     _check_inputs('cluster_pool', points, centers, ('values', values),
                   ('value_centers', value_centers))
-    return resolve_impl('cluster_pool', impl, points.device.type, points.dtype)(
-        points, values, centers, value_centers)
+    fn = resolve_impl('cluster_pool', impl, points.device.type, points.dtype)
+    if not return_assignment:
+        return fn(points, values, centers, value_centers)
+    out, index = fn(points, values, centers, value_centers, return_assignment=True)
+    with torch.no_grad():
+        cos = chosen_cosine(points, centers, index)
+    return out, index, cos

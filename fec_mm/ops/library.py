@@ -165,12 +165,19 @@ def _define(impl: str) -> dict:
         return index, cos
 
     def cluster_encode(points: Tensor, values: Tensor, centers: Tensor,
-                       value_centers: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
-        return encode(points, values, centers, value_centers, alpha, beta)[0]
+                       value_centers: Tensor, alpha: Tensor, beta: Tensor,
+                       return_assignment: bool = False):
+        out, index, cos = encode(points, values, centers, value_centers, alpha, beta)[:3]
+        if return_assignment:
+            return out, index, cos.detach().to(points.dtype)
+        return out
 
     def cluster_pool(points: Tensor, values: Tensor, centers: Tensor,
-                     value_centers: Tensor) -> Tensor:
-        return pool(points, values, centers, value_centers)[0]
+                     value_centers: Tensor, return_assignment: bool = False):
+        out, index = pool(points, values, centers, value_centers)[:2]
+        if return_assignment:
+            return out, index
+        return out
 
     for fn in (cluster_assign, cluster_encode, cluster_pool):
         fn.__name__ = fn.__qualname__ = f'{fn.__name__}_{impl}'

@@ -70,9 +70,19 @@ def cluster_assign_reference(points: Tensor, centers: Tensor) -> Tuple[Tensor, T
     return index, cos.gather(1, index[:, None]).squeeze(1)
 
 
+def chosen_cosine(points: Tensor, centers: Tensor, index: Tensor) -> Tensor:
+    """Cosine similarity of each point with its assigned center: (R, N).
+
+    O(N·d): one gather, no similarity matrix; used to report the similarity
+    of an assignment that an op already made (it does not choose anything).
+    """
+    chosen = _gather_centers(F.normalize(centers, dim=-1), index)
+    return (F.normalize(points, dim=-1) * chosen).sum(-1)
+
+
 def cluster_encode_reference(points: Tensor, values: Tensor, centers: Tensor,
                              value_centers: Tensor, alpha: Tensor,
-                             beta: Tensor) -> Tensor:
+                             beta: Tensor, return_assignment: bool = False):
     """Clustering-based feature encoding, steps 4-7 of the mixer (spec §2).
 
     s[m, n] = sigmoid(β + α·cos(center_m, f_n)); a(n) = argmax_m s[m, n];
@@ -84,19 +94,25 @@ def cluster_encode_reference(points: Tensor, values: Tensor, centers: Tensor,
         points, values (Tensor): (R, N, d).
         centers, value_centers (Tensor): (R, M, d).
         alpha, beta (Tensor): learnable scalars, shape (1,) or ().
+        return_assignment (bool): Also return the index (R, N) the
+            aggregation used and the cosine (R, N) to the chosen center.
 
     Returns:
-        Tensor: (R, N, d).
+        Tensor: (R, N, d), or (out, index, cos) with ``return_assignment``.
     """
-    scaled = alpha * cosine_similarity_matrix(centers, points)
+    cos_all = cosine_similarity_matrix(centers, points)
+    scaled = alpha * cos_all
     index = scaled.argmax(dim=1)
     sim = torch.sigmoid(beta + scaled.gather(1, index[:, None]).squeeze(1))
     g = _aggregate(values, value_centers, index)
-    return sim[..., None] * _gather_centers(g, index)
+    out = sim[..., None] * _gather_centers(g, index)
+    if return_assignment:
+        return out, index, cos_all.gather(1, index[:, None]).squeeze(1).detach()
+    return out
 
 
 def cluster_pool_reference(points: Tensor, values: Tensor, centers: Tensor,
-                           value_centers: Tensor) -> Tensor:
+                           value_centers: Tensor, return_assignment: bool = False):
     """Clustering-based feature pooling (spec §2, cluster pooling).
 
     Points join the center of highest plain cosine similarity; each center's
@@ -104,8 +120,9 @@ def cluster_pool_reference(points: Tensor, values: Tensor, centers: Tensor,
     ``centers`` only pick the assignment, so they receive no gradient.
 
     Returns:
-        Tensor: (R, M, d).
+        Tensor: (R, M, d), or (out, index (R, N)) with ``return_assignment``.
     """
     with torch.no_grad():
         index, _ = cluster_assign_reference(points, centers)
-    return _aggregate(values, value_centers, index)
+    out = _aggregate(values, value_centers, index)
+    return (out, index) if return_assignment else out

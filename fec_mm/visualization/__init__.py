@@ -1,0 +1,6 @@
+"""Cluster maps of FEC models: what the network really computed (spec §5)."""
+from ..models.assignments import AssignmentRecord, AssignmentRecorder, record_assignments
+from .trace import head_map_on_stem, stage_maps, to_pixels
+
+__all__ = ['AssignmentRecord', 'AssignmentRecorder', 'head_map_on_stem', 'record_assignments',
+           'stage_maps', 'to_pixels']
