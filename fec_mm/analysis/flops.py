@@ -271,7 +271,8 @@ def config_flops(cfg: Any, shape: Tuple[int, int]) -> Tuple[FlopCount, Tuple[int
         raise ValueError('config_flops: the config has no `model`')
     scope = cfg.get('default_scope', 'mmengine')
     init_default_scope(scope)
-    model = MODELS.build(cfg.model).eval()
+    model = MODELS.build(cfg.model)
+    model.eval()  # not chained: some backbones' train() returns None
     div = _size_divisor(model)
     padded = tuple(-(-s // div) * div for s in shape)
     wrapped = _TensorMode(model, _data_samples(scope, padded))
