@@ -47,6 +47,7 @@ import multiprocessing
 import os
 import sys
 import tempfile
+import textwrap
 import time
 import traceback
 from pathlib import Path
@@ -273,24 +274,34 @@ def sweep_table(sweep: Dict[str, Dict[int, dict]], sides: Sequence[int]) -> List
 
 
 def plot_sweep(sweep: Dict[str, Dict[int, dict]], path: Path, title: str) -> None:
-    """Inference time vs input side, log-log; written to a temp file then renamed."""
+    """Inference time vs input side, log-log, with a line ∝ side² (the pixel
+    count) for reference; written to a temp file then renamed."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    from matplotlib.ticker import NullFormatter
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    first = None
     for name, by_side in sweep.items():
-        pts = [(s, r['infer_s'] * 1e3) for s, r in sorted(by_side.items()) if r.get('infer_s')]
+        pts = [(int(s), r['infer_s'] * 1e3) for s, r in sorted(by_side.items(), key=lambda kv:
+                                                                 int(kv[0])) if r.get('infer_s')]
         if pts:
             style = '-o' if name.startswith('FEC') else '--s'
             ax.plot(*zip(*pts), style, label=name, markersize=4)
+            first = first or pts
+    sides = sorted({int(s) for by_side in sweep.values() for s in by_side})
+    if first and len(sides) > 1:
+        s0, t0 = first[0]
+        ax.plot(sides, [t0 * (s / s0)**2 for s in sides], ':', color='gray',
+                label='∝ side² (pixel count)')
     ax.set_xscale('log')
     ax.set_yscale('log')
-    sides = sorted({s for by_side in sweep.values() for s in by_side})
     ax.set_xticks(sides)
     ax.set_xticklabels([str(s) for s in sides])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel('input side (square image, pixels)')
     ax.set_ylabel('inference time per image (ms)')
-    ax.set_title(title, fontsize=9)
+    ax.set_title('\n'.join(textwrap.wrap(title, 90)), fontsize=8)
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -335,6 +346,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--timeout', type=float, default=900, help='seconds per figure')
     parser.add_argument('--out', type=Path, default=None,
                         help='folder for backbones.md, backbones.json and the sweep PNG')
+    parser.add_argument('--replot', type=Path, default=None,
+                        help="only redraw the PNG (into --out) from a run's backbones.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.sweep, args.repeat = ['224'], [224, 448], 1
@@ -392,6 +405,12 @@ def run(args) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.replot:
+        if not args.out:
+            raise SystemExit('--replot needs --out (where the PNG goes)')
+        data = json.loads(args.replot.read_text())
+        plot_sweep(data['sweep'], args.out / 'backbone_time_vs_side.png', data['header'])
+        return
     out = run(args)
     text = [f'# Backbones side by side: {out["header"]}', '', *out['main_table'], '']
     if out['sweep_table']:
