@@ -31,7 +31,8 @@ Figures, batch 1, float32, random weights and input:
 
 One fresh process per figure: the parent imports the libraries once and never
 runs a tensor op; every figure (and the matmul rate, and each FLOP count) is
-measured in a child forked from it, so every measurement starts from the same
+measured in a child forked from it (spawned on CUDA; that path is untested,
+no GPU was at hand), so every measurement starts from the same
 state and none inherits the allocator caches, thread pools or peaks of
 another. Time: the minimum over at least ``--repeat`` steps after a warm-up
 step at a small size and one untimed step at the measured size (at least
@@ -147,6 +148,8 @@ def figure(spec: dict) -> dict:
     if spec['threads']:
         torch.set_num_threads(spec['threads'])
     kind, device = spec['kind'], spec['device']
+    if device == 'cuda' and not torch.cuda.is_available():
+        raise RuntimeError('--device cuda: no CUDA device available')
     if kind == 'matmul':
         return dict(gflops_per_s=matmul_rate(device, min_time=spec['min_time']))
     size = tuple(spec['size'])
@@ -182,7 +185,9 @@ def _child(spec: dict, conn) -> None:
 def run_fresh(spec: dict, timeout: float) -> Optional[dict]:
     """``figure(spec)`` in a child forked from this (op-free) process; None
     when it failed, ran out of memory or time."""
-    ctx = multiprocessing.get_context('fork')
+    # Fork on CPU (no start-up cost: the parent has the libraries imported);
+    # spawn on CUDA, which cannot be initialised in a forked child.
+    ctx = multiprocessing.get_context('spawn' if spec['device'] == 'cuda' else 'fork')
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(spec, send))
     proc.start()
@@ -361,8 +366,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.sizes = sizes
     if any(side <= 0 for side in args.sweep):
         parser.error(f'--sweep sides must be positive, got {args.sweep}')
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        parser.error('--device cuda: no CUDA device available')
     if args.sweep_models is None:
         args.sweep_models = list(args.models) + (
             ['FEC-Small nofold'] if 'FEC-Small' in args.models else [])
@@ -376,6 +379,8 @@ def run(args) -> dict:
         import mmpretrain.models  # noqa: F401  (registers the backbones)
     rate_res = run_fresh(dict(kind='matmul', device=args.device, threads=args.threads,
                               min_time=args.min_time), args.timeout)
+    if rate_res is None and args.device == 'cuda':
+        raise SystemExit('--device cuda: the matmul measurement failed (see above)')
     rate = rate_res['gflops_per_s'] if rate_res else None
     results: Dict[str, Dict[str, dict]] = {}
     for size_name, size in args.sizes.items():
