@@ -1,10 +1,10 @@
 """FEC-Small/Base next to the backbones users would pick instead: speed,
 memory, FLOPs, and how time grows with the input side.
 
-Usage (the README's tables and plot, ~45 min on a shared 2-core CPU):
+Usage (the README's tables and plot, 26.5 min on a shared 2-core CPU):
     python tools/analysis_tools/benchmark_backbones.py --threads 1 --sizes 224 512 800x1344 \
         --sweep 224 448 672 896 1120 1344 --out docs/benchmarks
-Without options: 224² and 512², sweep 224/448/896 (~12 min). ``--quick``: 224²
+Without options: 224² and 512², sweep 224/448/896 (~10 min, estimated). ``--quick``: 224²
 only, sweep 224/448, one timed step. On a GPU: ``--device cuda``.
 
 Backbones (all with their four stage outputs, as a detector or segmentor
@@ -336,8 +336,8 @@ def _write_atomic(path: Path, text: str) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--models', nargs='+', default=DEFAULT_MODELS, choices=list(BACKBONES))
-    # The defaults finish in ~12 min on the 2-core CPU this was written on;
-    # the README's run adds 800x1344 and the full sweep (~45 min).
+    # The defaults take ~10 min (estimated) on the 2-core CPU this was written on;
+    # the README's run adds 800x1344 and the full sweep (26.5 min).
     parser.add_argument('--sizes', nargs='+', default=['224', '512'],
                         help='sizes of the main table: 224, 512, 800x1344 or any HxW')
     parser.add_argument('--sweep', nargs='*', type=int, default=[224, 448, 896],
