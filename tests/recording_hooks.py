@@ -55,6 +55,21 @@ class FreezeRankHook(Hook):
 
 
 @HOOKS.register_module(force=True)
+class KillLauncherHook(Hook):
+    """Rank ``rank`` SIGKILLs its launcher (torchrun's agent, the worker's
+    parent) after ``iters`` iterations and trains on, as when a node's
+    launcher is killed while its workers survive."""
+
+    def __init__(self, rank: int, iters: int) -> None:
+        self.rank, self.iters = rank, iters
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if get_rank() == self.rank and runner.iter + 1 == self.iters:
+            import signal
+            os.kill(os.getppid(), signal.SIGKILL)
+
+
+@HOOKS.register_module(force=True)
 class SaveRankWeightsHook(Hook):
     """Saves this rank's final weights to ``work_dir/weights_rank{rank}.pth``
     and its view of the process group to ``work_dir/dist_rank{rank}.json``."""

@@ -176,3 +176,24 @@ def test_a_frozen_peer_fails_the_run_within_the_timeout(tmp_path):
     assert codes[0] != 0, log[-3000:]
     assert 'Timed out waiting 10000ms' in log, log[-3000:]
     assert elapsed < TIME_LIMIT_S
+
+
+def test_a_killed_node_launcher_does_not_hold_node_0(tmp_path):
+    """Node 1's launcher is SIGKILLed mid-run while its worker trains on: both
+    ranks finish, and node 0's launcher ends after the exit barrier
+    (EXIT_BARRIER_TIMEOUT, default 60 s, 5 here) instead of torchrun's 300 s."""
+    data = write_images(tmp_path / 'data', per_class=4)
+    hooks = ("custom_hooks = [dict(type='SaveRankWeightsHook'), "
+             "dict(type='KillLauncherHook', rank=1, iters=2)]\n")
+    config = write_config(tmp_path / 'tiny.py', str(data), imports=['fec_mm', 'recording_hooks'],
+                          extra=hooks)
+    work_dir = tmp_path / 'work'
+    os.environ['EXIT_BARRIER_TIMEOUT'] = '5'
+    try:
+        codes, log = _dist_run('dist_train.sh', tmp_path, [config], work_dir, 2, 1,
+                               expect_success=False)
+    finally:
+        del os.environ['EXIT_BARRIER_TIMEOUT']
+    assert codes == [0, -9], log[-3000:]
+    assert 'Error waiting on exit barrier. Elapsed: 5.' in log, log[-3000:]
+    _assert_same(_weights(work_dir, 0), _weights(work_dir, 1))
