@@ -42,16 +42,16 @@ class PoisonWeightsHook(Hook):
 
 @HOOKS.register_module(force=True)
 class FreezeRankHook(Hook):
-    """Rank ``rank`` stops itself (SIGSTOP) after ``iters`` iterations, as a
-    frozen worker would."""
+    """Rank ``rank`` sends itself ``signal`` after ``iters`` iterations:
+    SIGSTOP (default) as a frozen worker, SIGKILL as one that dies."""
 
-    def __init__(self, rank: int, iters: int) -> None:
-        self.rank, self.iters = rank, iters
+    def __init__(self, rank: int, iters: int, signal: str = 'SIGSTOP') -> None:
+        self.rank, self.iters, self.signal = rank, iters, signal
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         if get_rank() == self.rank and runner.iter + 1 == self.iters:
             import signal
-            os.kill(os.getpid(), signal.SIGSTOP)
+            os.kill(os.getpid(), getattr(signal, self.signal))
 
 
 @HOOKS.register_module(force=True)
