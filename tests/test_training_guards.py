@@ -100,6 +100,20 @@ def test_check_images_decodes_every_listed_image(tmp_path):
     assert not (tmp_path / 'work').exists()
 
 
+def test_files_missing_from_a_text_annotation_file_are_named(tmp_path):
+    """The cheap check, always run: a class-list annotation file (mmpretrain's
+    meta/train.txt layout) naming a missing image stops train.py up front."""
+    data = write_images(tmp_path / 'data', per_class=2)
+    (data / 'train.txt').write_text('cat/0.png 0\ncat/7.png 0\ndog/1.png 1\n')
+    config = write_config(tmp_path / 'tiny.py', str(data), ann_file='train.txt')
+    args = [str(config), '--work-dir', str(tmp_path / 'work')]
+    with pytest.raises(ValueError, match=r'train_dataloader.dataset: 1 of the 3 image files it '
+                       r'lists are missing, e.g. .*cat/7.png \(missing\)'):
+        build_train_config(build_train_parser().parse_args(args))
+    (data / 'train.txt').write_text('cat/0.png 0\ndog/1.png 1\n')
+    build_train_config(build_train_parser().parse_args(args))
+
+
 def test_a_second_training_in_a_live_runs_work_dir_is_refused(data, tmp_path):
     work_dir = tmp_path / 'work'
     holder = subprocess.Popen(

@@ -21,7 +21,7 @@ from .cli import (
     load_config,
     setup_distributed,
 )
-from .data_checks import check_data_paths, check_images_decode
+from .data_checks import check_data_paths, check_images_decode, check_listed_files_exist
 from .rng_state_hook import RngStateHook
 from .testing import check_checkpoint_fits
 from .training_guards import NonFiniteLossHook, WorkDirLock
@@ -123,6 +123,7 @@ def build_train_config(args: argparse.Namespace) -> Config:
     # The Runner builds the validation loop only when val_cfg is set.
     used = ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') is not None else [])
     check_data_paths(cfg, used)
+    check_listed_files_exist(cfg, used)
     if getattr(args, 'check_images', False):
         count = check_images_decode(cfg, used)
         print_log(f'--check-images: all {count} image files decode', logger='current')
