@@ -8,15 +8,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from demo_config_helpers import (  # noqa: F401  (autouse fixture)
+    REPO,
+    one_torch_thread,
+)
 from mmengine.config import Config
 from skimage import data
 from skimage.transform import resize
 
-from demo_config_helpers import (  # noqa: F401  (autouse fixture)
-    DEMO_DATA_ROOT,
-    REPO,
-    one_torch_thread,
-)
 from fec_mm.analysis.cluster_quality import (
     FECPartitioner,
     backbone_from_config,
@@ -137,16 +136,15 @@ def demo_root(tmp_path_factory):
 
 def _paths(root, task):
     sub = 'coco/' if task == 'coco' else 'ade/ADEChallengeData2016'
-    old = DEMO_DATA_ROOT + '/' + sub
     return [f'{split}_dataloader.dataset.data_root={str(root / sub)}'
-            for split in ('train', 'test')], old
+            for split in ('train', 'test')]
 
 
 def test_ground_truth_segments_of_both_layouts(demo_root):
     from fec_mm.analysis.cluster_quality import build_datasets
     for config, task in ((DET_CONFIG, 'coco'), (SEG_CONFIG, 'ade')):
         cfg = Config.fromfile(str(config))
-        opts, _ = _paths(demo_root, task)
+        opts = _paths(demo_root, task)
         cfg.merge_from_dict(dict(o.split('=', 1) for o in opts))
         test, _ = build_datasets(cfg)
         sample = test[0]
@@ -174,7 +172,7 @@ def test_ground_truth_segments_of_both_layouts(demo_root):
 def test_tool_end_to_end_on_tiny_demo(demo_root, tmp_path):
     tool = _tool()
     out = tmp_path / 'cq.json'
-    opts, _ = _paths(demo_root, 'coco')
+    opts = _paths(demo_root, 'coco')
     args = [str(DET_CONFIG), '--ks', '2', '4', '--seeds', '0', '--num-images', '3',
             '--num-heldout', '2', '--compactness', '3', '10', '--bootstrap', '50',
             '--out', str(out), '--cfg-options', *opts]
@@ -193,6 +191,18 @@ def test_tool_end_to_end_on_tiny_demo(demo_root, tmp_path):
                 assert all(math.isfinite(s[v]) for v in ('mean', 'low', 'high'))
                 assert s['low'] - 1e-9 <= s['mean'] <= s['high'] + 1e-9
     assert result['results']['2']['grid']['num_segments']['mean'] == 2
+    # Paired differences: reference (random init here) minus each other method,
+    # the mean of the per-image differences.
+    assert result['reference'] == 'fec_random'
+    assert set(result['differences']) == {'2', '4', 'raw'}
+    for key, rows in result['differences'].items():
+        assert set(rows) == {'grid', 'slic'}
+        for other, scores in rows.items():
+            for metric in result['metrics']:
+                expected = np.mean([img[key]['fec_random_seed0'][metric] - img[key][other][metric]
+                                    for img in result['per_image']])
+                assert scores[metric]['mean'] == pytest.approx(expected)
+                assert scores[metric]['low'] - 1e-9 <= expected <= scores[metric]['high'] + 1e-9
     # Reruns give the same numbers (seeded init, merge, bootstrap).
     out2 = tmp_path / 'cq2.json'
     tool.main(args[:-len(opts) - 3] + ['--out', str(out2), '--cfg-options', *opts])
@@ -203,7 +213,7 @@ def test_tool_end_to_end_on_tiny_demo(demo_root, tmp_path):
 def test_tool_bad_input_writes_nothing(demo_root, tmp_path, capsys):
     tool = _tool()
     out = tmp_path / 'bad.json'
-    opts, _ = _paths(demo_root, 'coco')
+    opts = _paths(demo_root, 'coco')
     base = [str(DET_CONFIG), '--num-images', '1', '--num-heldout', '1', '--seeds', '0',
             '--out', str(out), '--cfg-options', *opts]
     with pytest.raises(SystemExit):

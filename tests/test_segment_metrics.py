@@ -7,10 +7,10 @@ from skimage.segmentation import find_boundaries
 
 from fec_mm.analysis.segment_metrics import (
     asa,
+    bootstrap_ci,
     boundaries,
     boundary_precision,
     boundary_recall,
-    bootstrap_ci,
     contingency,
     mean_best_overlap,
     segment_scores,
