@@ -104,7 +104,7 @@ def test_fec_partition_is_the_final_cluster_of_each_pixel():
     x = (torch.from_numpy(image).permute(2, 0, 1).float() - 120.) / 60.
     x = torch.nn.functional.pad(x[None], (0, 28, 0, 26))
     with torch.no_grad():
-        out = part.backbone(x)[-1]  # normed; the hook keeps the pre-norm map
+        out = part.backbone(x)[-1]  # normed; part._final: the pre-norm map of the call
         pre = part._final
     assert torch.allclose(part.backbone.norm3(pre), out)
     assert torch.equal(feats, pre[0].flatten(1).T)
@@ -231,6 +231,15 @@ def test_tool_bad_input_writes_nothing(demo_root, tmp_path, capsys):
                                FEC(arch='base').state_dict().items()}}, other)
     with pytest.raises(SystemExit, match='other shapes'):
         tool.main(base[:1] + ['--checkpoint', str(other)] + base[1:])
+    # A config whose backbone is not FEC; a data root that does not exist.
+    resnet = tmp_path / 'resnet_cfg.py'
+    resnet.write_text(f"_base_ = '{DET_CONFIG}'\n"
+                      "model = dict(backbone=dict(_delete_=True, type='ResNet', depth=18))\n")
+    with pytest.raises(SystemExit, match="must be type='FEC'"):
+        tool.main([str(resnet)] + base[1:])
+    with pytest.raises(SystemExit, match='instances_val2017.json'):
+        tool.main(base[:-len(opts)] + [f'{s}_dataloader.dataset.data_root={tmp_path}/none/'
+                                       for s in ('train', 'test')])
     assert not out.exists() and list(tmp_path.glob('.cluster_quality.*')) == []
 
 

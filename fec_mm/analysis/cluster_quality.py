@@ -129,8 +129,6 @@ class FECPartitioner:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self._final: Optional[torch.Tensor] = None
-        # The blocks are called one by one (not the stage's Sequential).
-        backbone.stages[-1][-1].register_forward_hook(self._keep_final)
 
     def _keep_final(self, module, args, out) -> None:
         self._final = out.detach()
@@ -153,8 +151,14 @@ class FECPartitioner:
         d = self.backbone.size_divisor
         # Zero after normalisation, bottom/right: what mmdet/mmseg pad with.
         x = F.pad(x[None], (0, -w % d, 0, -h % d))
-        with record_assignments(self.backbone) as rec:
-            self.backbone(x)
+        # The blocks are called one by one (not the stage's Sequential), so
+        # the last block's output is the final stage's map.
+        handle = self.backbone.stages[-1][-1].register_forward_hook(self._keep_final)
+        try:
+            with record_assignments(self.backbone) as rec:
+                self.backbone(x)
+        finally:
+            handle.remove()
         stem = stage_maps(rec.poolings())[-1]
         stride = x.shape[-1] // stem.shape[-1]
         pixels = to_pixels(stem, stride)[0, :h, :w]

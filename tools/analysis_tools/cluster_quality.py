@@ -97,7 +97,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
             cfg, args.checkpoint, ks=args.ks, seeds=args.seeds, num_images=args.num_images,
             num_heldout=args.num_heldout, compactness=args.compactness,
             merge_method=args.merge, bootstrap=args.bootstrap, seed=args.seed)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:  # bad checkpoint, data or config entries
         sys.exit(f'cluster_quality: {e}')
     result['config'] = args.config
     result['command'] = 'python tools/analysis_tools/cluster_quality.py ' + ' '.join(
