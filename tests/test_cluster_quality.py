@@ -16,15 +16,15 @@ from mmengine.config import Config
 from skimage import data
 from skimage.transform import resize
 
-from fec_mm.analysis.cluster_quality import (
+from fec_mm.analysis.cluster_quality import score_image
+from fec_mm.analysis.partitions import (
     FECPartitioner,
     backbone_from_config,
     grid_partition,
-    sample_to_arrays,
-    score_image,
     slic_matched,
     upscale_labels,
 )
+from fec_mm.analysis.segment_data import build_datasets, sample_to_arrays
 from fec_mm.datasets import make_demo_data
 from fec_mm.models import FEC
 
@@ -141,7 +141,6 @@ def _paths(root, task):
 
 
 def test_ground_truth_segments_of_both_layouts(demo_root):
-    from fec_mm.analysis.cluster_quality import build_datasets
     for config, task in ((DET_CONFIG, 'coco'), (SEG_CONFIG, 'ade')):
         cfg = Config.fromfile(str(config))
         opts = _paths(demo_root, task)

@@ -1,3 +1,4 @@
-"""Analysis of FEC models. ``segment_metrics``: scores of a partition against
-ground-truth segments; ``cluster_quality``: FEC's final clusters as segments,
-against baselines (README "Cluster quality")."""
+"""Analysis of FEC models. Cluster quality (README "Cluster quality"):
+``segment_metrics`` (scores of a partition against ground-truth segments),
+``partitions`` (FEC's final clusters, grid, SLIC), ``segment_data`` (images
+and masks from mmdet/mmseg configs), ``cluster_quality`` (all together)."""
