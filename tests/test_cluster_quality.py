@@ -178,7 +178,8 @@ def test_tool_end_to_end_on_tiny_demo(demo_root, tmp_path):
     tool.main(args)
     result = json.loads(out.read_text())
     assert {'ks', 'random_seeds', 'num_images', 'slic', 'bootstrap', 'metrics', 'results',
-            'per_image', 'merge', 'config', 'command'} <= set(result)
+            'results_per_seed', 'reference', 'differences', 'per_image', 'merge', 'config',
+            'command'} <= set(result)
     assert result['num_images'] == 3 and len(result['per_image']) == 3
     assert set(result['results']) == {'2', '4', 'raw'}
     assert result['slic']['compactness'] in (3.0, 10.0)
@@ -190,6 +191,9 @@ def test_tool_end_to_end_on_tiny_demo(demo_root, tmp_path):
                 assert all(math.isfinite(s[v]) for v in ('mean', 'low', 'high'))
                 assert s['low'] - 1e-9 <= s['mean'] <= s['high'] + 1e-9
     assert result['results']['2']['grid']['num_segments']['mean'] == 2
+    # One seed: the per-seed summary is the random-init row.
+    assert result['results_per_seed']['4']['fec_random_seed0'] == \
+        result['results']['4']['fec_random']
     # Paired differences: reference (random init here) minus each other method,
     # the mean of the per-image differences.
     assert result['reference'] == 'fec_random'

@@ -186,7 +186,10 @@ def evaluate_partitions(cfg: Config, checkpoint: Optional[str] = None,
         bootstrap: Bootstrap resamples; ``seed`` seeds them.
 
     Returns:
-        dict: settings, ``results`` (see :func:`summarise`) and ``per_image``.
+        dict: settings, ``results`` (see :func:`summarise`; random init as
+        the per-image mean over seeds), ``results_per_seed``, ``reference``
+        and ``differences`` (see :func:`paired_differences`) and
+        ``per_image``.
     """
     ks = check_ks(ks)
     if not seeds:
@@ -232,6 +235,9 @@ def evaluate_partitions(cfg: Config, checkpoint: Optional[str] = None,
         bootstrap=dict(samples=bootstrap, seed=seed, level=0.95),
         metrics=list(METRIC_NAMES),
         results=summarise(per_image, groups, bootstrap, seed),
+        # Each random-init seed on its own: the spread between initialisations.
+        results_per_seed=summarise(per_image, {f'fec_random_seed{s}': [f'fec_random_seed{s}']
+                                               for s in seeds}, bootstrap, seed),
         reference=next(iter(groups)),
         differences=paired_differences(per_image, groups, next(iter(groups)), bootstrap, seed),
         per_image=per_image)
