@@ -16,7 +16,7 @@ from mmengine.config import Config
 from skimage import data
 from skimage.transform import resize
 
-from fec_mm.analysis.cluster_quality import score_image
+from fec_mm.analysis.cluster_quality import choose_compactness, score_image
 from fec_mm.analysis.partitions import (
     FECPartitioner,
     backbone_from_config,
@@ -25,6 +25,7 @@ from fec_mm.analysis.partitions import (
     upscale_labels,
 )
 from fec_mm.analysis.segment_data import build_datasets, sample_to_arrays
+from fec_mm.analysis.segment_metrics import segment_scores
 from fec_mm.datasets import make_demo_data
 from fec_mm.models import FEC
 
@@ -81,6 +82,24 @@ def test_slic_reaches_the_wanted_count(k):
     # Labels are 0..count-1; SLIC's own n_segments lands ~10-30 % off here.
     assert np.unique(labels).tolist() == list(range(count))
     assert abs(count - k) <= max(1, round(0.05 * k))
+
+
+def test_compactness_is_chosen_by_the_held_out_criterion():
+    # Two images whose segments are colour blobs off the grid lines: low
+    # compactness follows colour, very high compactness is nearly a grid.
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(2):
+        gt = np.zeros((64, 80), np.int64)
+        y, x = rng.integers(8, 30), rng.integers(8, 40)
+        gt[y:y + 25, x:x + 30] = 1
+        image = np.where(gt[..., None] == 1, [220, 30, 30], [90, 100, 95]).astype(np.uint8)
+        samples.append((image, gt))
+    chosen, criterion = choose_compactness(samples, (2, 4), (1.0, 1000.0))
+    assert chosen == 1.0 and criterion['1.0'] > criterion['1000.0']
+    expected = np.mean([(sc['asa'] + sc['br_2px']) / 2 for image, gt in samples for k in (2, 4)
+                        for sc in [segment_scores(slic_matched(image, k, 1000.0), gt)]])
+    assert criterion['1000.0'] == pytest.approx(expected)
 
 
 def _tiny_partitioner(seed=0):
