@@ -51,7 +51,8 @@ def overlay(image: np.ndarray, labels: np.ndarray, colors: np.ndarray, alpha: fl
     if alpha > 0:
         out = (1 - alpha) * out + alpha * colors[labels].astype(np.float64) / 255
     if boundaries:
-        out = mark_boundaries(out, labels, color=BOUNDARY_COLOR, mode='inner')
+        # +1: 'inner' treats label 0 as background and would skip its side.
+        out = mark_boundaries(out, labels + 1, color=BOUNDARY_COLOR, mode='inner')
     return (out * 255).round().clip(0, 255).astype(np.uint8)
 
 
@@ -86,13 +87,14 @@ def save_png(path: str, image: np.ndarray) -> None:
 
 def draw_sheet(panels: Sequence[Tuple[str, np.ndarray]],
                legend: Optional[List[Tuple[str, Sequence[int]]]] = None,
-               note: str = '', panel_inches: float = 3.2) -> np.ndarray:
-    """One row of titled panels with a legend below, as an RGB array.
+               notes: Sequence[str] = (), panel_inches: float = 3.2) -> np.ndarray:
+    """One row of titled panels with a legend and notes below, as an RGB array.
 
     Args:
-        panels: (title, (H, W, 3) uint8 RGB image) per panel.
-        legend: (label, RGB colour 0..255) entries, e.g. the merged groups.
-        note: A line of text under the panels (what fills and lines mean).
+        panels: (title, (H, W, 3) uint8 RGB image) per panel, all one size.
+        legend: (label, RGB colour 0..255) entries, e.g. the merged groups;
+            the boundary colour is always listed.
+        notes: Lines of text under the legend (e.g. the per-stage numbers).
         panel_inches (float): Width of a panel.
 
     Returns:
@@ -103,23 +105,27 @@ def draw_sheet(panels: Sequence[Tuple[str, np.ndarray]],
     from matplotlib.patches import Patch
 
     h, w = panels[0][1].shape[:2]
-    height = panel_inches * h / w
-    fig = Figure(figsize=(panel_inches * len(panels), height + 1.3), dpi=100)
+    image_in = panel_inches * h / w
+    title_in, legend_in, line_in = 0.3, 0.3, 0.16
+    footer_in = legend_in + line_in * len(notes) + 0.05
+    height = image_in + title_in + footer_in
+    fig = Figure(figsize=(panel_inches * len(panels), height), dpi=100)
     FigureCanvasAgg(fig)
-    bottom = 1.1 / (height + 1.3)
+    n = len(panels)
     for i, (title, image) in enumerate(panels):
-        ax = fig.add_axes((i / len(panels) + 0.005, bottom, 1 / len(panels) - 0.01,
-                           1 - bottom - 0.2 / (height + 1.3)))
+        ax = fig.add_axes((i / n + 0.003, footer_in / height, 1 / n - 0.006, image_in / height))
         ax.imshow(image, interpolation='nearest')
         ax.set_title(title, fontsize=8)
         ax.set_axis_off()
     handles = [Patch(facecolor=np.asarray(c) / 255, edgecolor='k', label=t)
                for t, c in (legend or [])]
     handles.append(Patch(facecolor='none', edgecolor=BOUNDARY_COLOR, label='cluster boundary'))
-    fig.legend(handles=handles, loc='lower center', ncol=min(len(handles), 8), fontsize=7,
-               frameon=False, bbox_to_anchor=(0.5, 0.3 / (height + 1.3)))
-    if note:
-        fig.text(0.5, 0.05 / (height + 1.3), note, ha='center', va='bottom', fontsize=7)
+    fig.legend(handles=handles, loc='upper center', ncol=min(len(handles), 10), fontsize=7,
+               frameon=False, bbox_to_anchor=(0.5, (footer_in - 0.02) / height),
+               handlelength=1.2, columnspacing=1.0, borderpad=0)
+    for i, line in enumerate(notes):
+        fig.text(0.5, (line_in * (len(notes) - i - 1) + 0.05) / height, line, ha='center',
+                 va='bottom', fontsize=7)
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 

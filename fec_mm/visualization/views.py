@@ -36,6 +36,9 @@ class ViewOptions:
         fc: The linear head of a classifier, for the class contributions.
         target_class: Class whose contributions are drawn; None: the top one.
         class_names: Names of the classes, for the report.
+        min_size: Views of smaller images are drawn enlarged (nearest
+            neighbour, by an integer factor) to at least this long side, so
+            that one-pixel boundaries do not cover small clusters.
     """
     stages: Optional[Sequence[int]] = None
     blocks: Sequence[Tuple[int, int]] = ()
@@ -48,6 +51,12 @@ class ViewOptions:
     fc: Optional[nn.Linear] = None
     target_class: Optional[int] = None
     class_names: Optional[Sequence[str]] = None
+    min_size: int = 512
+
+
+def display_scale(image_size: Sequence[int], min_size: int) -> int:
+    """Integer enlargement of the views of an image (see ``min_size``)."""
+    return max(1, -(-min_size // max(image_size)))
 
 
 def check_options(options: ViewOptions, num_stages: int, depths: Sequence[int],
@@ -114,7 +123,8 @@ def render_views(image: np.ndarray, maps: ClusterMaps, options: ViewOptions,
     Returns:
         tuple: views by name (``stage{k}``, ``merged_k{K}``,
         ``block{s}.{j}_head{h}_grid``, ``block{s}.{j}_head{h}_pixels``,
-        ``contribution_class{c}``), each (H, W, 3) uint8 RGB; and the
+        ``contribution_class{c}``), each (f·H, f·W, 3) uint8 RGB (f:
+        :func:`display_scale`); and the
         report (per-stage numbers, merge, class contributions), JSON-ready.
     """
     H, W = maps.image_size
@@ -122,23 +132,29 @@ def render_views(image: np.ndarray, maps: ClusterMaps, options: ViewOptions,
         raise ValueError(f'render_views: image must be ({H}, {W}, 3) uint8 RGB, got '
                          f'{image.dtype} {image.shape}')
     views: Dict[str, np.ndarray] = {}
+    f = display_scale(maps.image_size, options.min_size)
+
+    big = upscale(image, f)
+
+    def draw(labels: torch.Tensor, colors: np.ndarray) -> np.ndarray:
+        return overlay(big, upscale(_np(labels), f), colors, options.alpha)
+
     report = dict(image_size=list(maps.image_size), padded_size=list(maps.padded_size),
                   stages=stage_stats(maps, b))
     stages = options.stages or range(1, maps.num_stages)
     for k in stages:
         rows, cols = maps.grids[k]
-        views[f'stage{k}'] = overlay(image, _np(maps.pixel_maps[k][b]),
-                                     palette(rows * cols, seed=k), options.alpha)
+        views[f'stage{k}'] = draw(maps.pixel_maps[k][b], palette(rows * cols, seed=k))
     for s, j in options.blocks:
         on_grid, on_pixels = maps.head_maps(s, j)
         record = maps.encoder(s, j)
         colors = palette(record.num_centers, seed=100 + s)
         heads = options.heads if options.heads else range(on_grid.shape[1])
         for h in heads:
-            grid = upscale(_np(on_grid[b, h]), stage_stride(s))[:H, :W]
-            views[f'block{s}.{j}_head{h}_grid'] = overlay(image, grid, colors, options.alpha)
-            views[f'block{s}.{j}_head{h}_pixels'] = overlay(image, _np(on_pixels[b, h]), colors,
-                                                            options.alpha)
+            grid = on_grid[b, h].repeat_interleave(stage_stride(s), 0).repeat_interleave(
+                stage_stride(s), 1)[:H, :W]
+            views[f'block{s}.{j}_head{h}_grid'] = draw(grid, colors)
+            views[f'block{s}.{j}_head{h}_pixels'] = draw(on_pixels[b, h], colors)
     final = maps.final_map[b]
     if options.groups is not None:
         from .merge import merge_clusters
@@ -148,8 +164,7 @@ def render_views(image: np.ndarray, maps: ClusterMaps, options: ViewOptions,
                              f'{options.groups} groups (K must be <= {features.shape[0]})')
         merged = merge_clusters(final, features.float(), options.groups,
                                 method=options.merge_method, seed=options.seed)
-        views[f'merged_k{options.groups}'] = overlay(image, _np(merged),
-                                                     group_palette(options.groups), options.alpha)
+        views[f'merged_k{options.groups}'] = draw(merged, group_palette(options.groups))
         sizes = torch.bincount(merged.flatten(), minlength=options.groups)
         report['merge'] = dict(groups=options.groups, feature=options.merge_feature,
                                method=options.merge_method, seed=options.seed,
@@ -160,7 +175,8 @@ def render_views(image: np.ndarray, maps: ClusterMaps, options: ViewOptions,
         logits = contributions.sum(-1)[0]
         cls = options.target_class if options.target_class is not None else int(logits.argmax())
         values = contribution_map(contributions, final[None], cls)[0]
-        views[f'contribution_class{cls}'], _ = heatmap(image, _np(values), options.alpha)
+        views[f'contribution_class{cls}'], _ = heatmap(big, upscale(_np(values), f),
+                                                       options.alpha)
         names = options.class_names
         top = logits.topk(min(5, logits.numel()))
         report['classification'] = dict(
@@ -177,7 +193,8 @@ def sheet_panels(image: np.ndarray, views: Dict[str, np.ndarray], report: dict
                  ) -> List[Tuple[str, np.ndarray]]:
     """(title, image) of the sheet: image | stage maps | merged | contribution."""
     stats = {s['stage']: s for s in report['stages']}
-    panels = [(f'image {image.shape[1]}x{image.shape[0]}', image)]
+    H, W = report['image_size']
+    panels = [(f'image {W}x{H}', image)]
     for name, view in views.items():
         if name.startswith('stage'):
             s = stats[int(name[len('stage'):])]
@@ -202,7 +219,11 @@ def draw_cluster_sheet(image: np.ndarray, views: Dict[str, np.ndarray], report: 
     if 'merge' in report:
         colors = group_palette(report['merge']['groups'])
         legend = [(f'group {i}', colors[i]) for i in range(report['merge']['groups'])]
-    note = '   '.join(f"stage {s['stage']}: own 2x2 cell {100 * s['own_cell_share']:.0f}%, "
-                       f"{s['fragmentation']:.2f} pieces/cluster, clustering branch "
-                       f"{100 * s['cluster_branch_share']:.0f}%" for s in report['stages'])
-    return draw_sheet(sheet_panels(image, views, report), legend, note)
+    notes = [f"stage {s['stage']}: {s['non_empty']} of {s['clusters']} clusters non-empty, "
+             f"effective {s['effective']:.1f}; joins own 2x2 cell "
+             f"{100 * s['own_cell_share']:.0f}%; {s['fragmentation']:.2f} pieces per "
+             f"cluster; clustering branch {100 * s['cluster_branch_share']:.0f}% of the output"
+             for s in report['stages']]
+    if views:
+        image = upscale(image, next(iter(views.values())).shape[0] // image.shape[0])
+    return draw_sheet(sheet_panels(image, views, report), legend, notes)
