@@ -5,6 +5,8 @@
 fall back to, and makes checkpoints of mmengine's training load in the
 libraries' own APIs under torch>=2.6 (``fec_mm.checkpoints.register``: an
 allowlist for torch's weights-only unpickler, and a checked local loader).
+It also registers ``ClusterMapHook`` (``fec_mm.visualization``) in mmengine's
+root ``HOOKS``.
 ``fec_mm.ops`` needs torch alone, so on a machine without mmengine and mmcv
 (e.g. a bare GPU box testing kernels) only the ops load.
 """
@@ -15,5 +17,6 @@ __version__ = '0.1.0'
 if find_spec('mmengine') is not None and find_spec('mmcv') is not None:
     from . import checkpoints
     from .models import FEC  # noqa: F401  (registers FEC)
+    from .visualization import cluster_map_hook  # noqa: F401  (registers ClusterMapHook)
 
     checkpoints.register()
