@@ -82,7 +82,8 @@ def save_png(path: str, image: np.ndarray) -> None:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f'save_png: expected (H, W, 3) uint8 RGB, got {image.dtype} '
                          f'{image.shape}')
-    Image.fromarray(image, mode='RGB').save(path, format='PNG')
+    # Level 1: a third of the default's time, files ~20 % larger.
+    Image.fromarray(image, mode='RGB').save(path, format='PNG', compress_level=1)
 
 
 def draw_sheet(panels: Sequence[Tuple[str, np.ndarray]],
