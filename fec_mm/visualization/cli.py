@@ -247,8 +247,8 @@ def run(argv: Optional[Sequence[str]] = None) -> List[str]:
     prepared = prepare_from_config(args) if args.config else prepare_from_arch(args)
     options = view_options(args, prepared)
     maps = cluster_maps(prepared.backbone, prepared.inputs, prepared.image_size)
-    views, report = render_views(prepared.display, maps, options)
-    sheet = draw_cluster_sheet(prepared.display, views, report)
+    views, report, layers = render_views(prepared.display, maps, options)
+    sheet = draw_cluster_sheet(prepared.display, layers, report, options.alpha)
     report.update(image=args.img, config=args.config, checkpoint=args.checkpoint,
                   arch=prepared.backbone.arch_name)
     stem = osp.splitext(osp.basename(args.img))[0]

@@ -42,15 +42,14 @@ class ClusterMapHook(Hook):
         merge_feature (str): 'pooled', 'final' or 'conv_f'. Default 'final'.
         alpha (float): Opacity of the fills. Default 0.5.
         stages (Sequence[int], optional): Stages drawn; None: all.
-        min_size (int): Small images are drawn enlarged to this long side.
-            Default 256.
+        panel_px (int): Long side of each panel of the sheet. Default 320.
     """
 
     priority = 'LOW'
 
     def __init__(self, interval: int = 1, num_images: int = 2, groups: Optional[int] = None,
                  merge_feature: str = 'final', alpha: float = 0.5,
-                 stages: Optional[Sequence[int]] = None, min_size: int = 256) -> None:
+                 stages: Optional[Sequence[int]] = None, panel_px: int = 320) -> None:
         from .views import ViewOptions
         if not isinstance(interval, int) or interval < 1:
             raise ValueError(f'ClusterMapHook: interval must be an int >= 1, got {interval!r}')
@@ -60,7 +59,8 @@ class ClusterMapHook(Hook):
         self.interval = interval
         self.num_images = num_images
         self.options = ViewOptions(stages=stages, groups=groups, merge_feature=merge_feature,
-                                   alpha=alpha, min_size=min_size)
+                                   alpha=alpha)
+        self.panel_px = panel_px
         self._validations = 0
 
     def after_val_epoch(self, runner, metrics: Optional[Dict[str, float]] = None) -> None:
@@ -86,7 +86,7 @@ class ClusterMapHook(Hook):
         from ..models.fec import FEC
         from .cluster_maps import cluster_maps
         from .contributions import linear_classifier_head
-        from .views import check_options, draw_cluster_sheet, render_views
+        from .views import check_options, draw_cluster_sheet, view_layers
         backbone = getattr(model, 'backbone', None)
         if not isinstance(backbone, FEC):
             raise ValueError(f'ClusterMapHook: the model\'s backbone is '
@@ -101,8 +101,9 @@ class ClusterMapHook(Hook):
                 batch = model.data_preprocessor(pseudo_collate([data]), False)
             display = data['inputs'].flip(0).permute(1, 2, 0).cpu().numpy().astype(np.uint8)
             maps = cluster_maps(backbone, batch['inputs'], display.shape[:2])
-            views, report = render_views(display, maps, self.options)
-            sheet = draw_cluster_sheet(display, views, report)
+            layers, report = view_layers(maps, self.options)
+            sheet = draw_cluster_sheet(display, layers, report, self.options.alpha,
+                                       self.panel_px)
             runner.visualizer.add_image(f'cluster_maps_{i}', sheet, step=step)
             reports.append(report)
         return reports

@@ -107,7 +107,7 @@ def draw_sheet(panels: Sequence[Tuple[str, np.ndarray]],
 
     h, w = panels[0][1].shape[:2]
     image_in = panel_inches * h / w
-    title_in, legend_in, line_in = 0.3, 0.3, 0.16
+    title_in, legend_in, line_in = 0.45, 0.3, 0.16
     footer_in = legend_in + line_in * len(notes) + 0.05
     height = image_in + title_in + footer_in
     fig = Figure(figsize=(panel_inches * len(panels), height), dpi=100)

@@ -6,7 +6,7 @@ on, :func:`render_views` draws each requested view and :func:`draw_cluster_sheet
 the sheet (image | stage maps | merged | contribution).
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ import torch.nn as nn
 from .cluster_maps import MERGE_FEATURES, ClusterMaps, stage_stride
 from .contributions import class_contributions, contribution_map
 from .render import draw_sheet, group_palette, heatmap, overlay, palette, upscale
-from .stats import stage_stats
+from .stats import count_components, stage_stats
 
 MERGE_METHODS = ('kmeans', 'ward')
 
@@ -110,51 +110,55 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def render_views(image: np.ndarray, maps: ClusterMaps, options: ViewOptions,
-                 b: int = 0) -> Tuple[Dict[str, np.ndarray], dict]:
-    """Draw the requested views of image ``b``.
+@dataclass
+class Layer:
+    """What one view shows, at image resolution (H, W).
 
-    Args:
-        image (np.ndarray): (H, W, 3) uint8 RGB, the image the maps were
-            computed on (``maps.image_size``).
-        maps (ClusterMaps): From :func:`~.cluster_maps.cluster_maps`.
-        options (ViewOptions): What to draw.
+    Attributes:
+        title: Title of the view in the sheet.
+        labels: (H, W) int ids (cluster maps) or None.
+        colors: (num_ids, 3) uint8 colours of the ids.
+        values: (H, W) float signed values (class contributions) or None.
+        in_sheet: Whether the sheet shows it.
+    """
+    title: str
+    labels: Optional[np.ndarray] = None
+    colors: Optional[np.ndarray] = None
+    values: Optional[np.ndarray] = None
+    in_sheet: bool = False
+
+
+def view_layers(maps: ClusterMaps, options: ViewOptions, b: int = 0
+                ) -> Tuple[Dict[str, Layer], dict]:
+    """The requested views of image ``b`` and the report.
 
     Returns:
-        tuple: views by name (``stage{k}``, ``merged_k{K}``,
+        tuple: layers by view name (``stage{k}``, ``merged_k{K}``,
         ``block{s}.{j}_head{h}_grid``, ``block{s}.{j}_head{h}_pixels``,
-        ``contribution_class{c}``), each (f·H, f·W, 3) uint8 RGB (f:
-        :func:`display_scale`); and the
-        report (per-stage numbers, merge, class contributions), JSON-ready.
+        ``contribution_class{c}``); and the report (per-stage numbers,
+        merge, class contributions), JSON-ready.
     """
     H, W = maps.image_size
-    if image.shape != (H, W, 3) or image.dtype != np.uint8:
-        raise ValueError(f'render_views: image must be ({H}, {W}, 3) uint8 RGB, got '
-                         f'{image.dtype} {image.shape}')
-    views: Dict[str, np.ndarray] = {}
-    f = display_scale(maps.image_size, options.min_size)
-
-    big = upscale(image, f)
-
-    def draw(labels: torch.Tensor, colors: np.ndarray) -> np.ndarray:
-        return overlay(big, upscale(_np(labels), f), colors, options.alpha)
-
+    layers: Dict[str, Layer] = {}
+    stats = stage_stats(maps, b)
     report = dict(image_size=list(maps.image_size), padded_size=list(maps.padded_size),
-                  stages=stage_stats(maps, b))
-    stages = options.stages or range(1, maps.num_stages)
-    for k in stages:
+                  stages=stats)
+    for k in options.stages or range(1, maps.num_stages):
         rows, cols = maps.grids[k]
-        views[f'stage{k}'] = draw(maps.pixel_maps[k][b], palette(rows * cols, seed=k))
+        s = stats[k - 1]
+        layers[f'stage{k}'] = Layer(
+            f"stage {k}: {s['non_empty']} clusters, effective {s['effective']:.0f}",
+            _np(maps.pixel_maps[k][b]), palette(rows * cols, seed=k), in_sheet=True)
     for s, j in options.blocks:
         on_grid, on_pixels = maps.head_maps(s, j)
-        record = maps.encoder(s, j)
-        colors = palette(record.num_centers, seed=100 + s)
-        heads = options.heads if options.heads else range(on_grid.shape[1])
-        for h in heads:
-            grid = on_grid[b, h].repeat_interleave(stage_stride(s), 0).repeat_interleave(
-                stage_stride(s), 1)[:H, :W]
-            views[f'block{s}.{j}_head{h}_grid'] = draw(grid, colors)
-            views[f'block{s}.{j}_head{h}_pixels'] = draw(on_pixels[b, h], colors)
+        colors = palette(maps.encoder(s, j).num_centers, seed=100 + s)
+        stride = stage_stride(s)
+        for h in options.heads if options.heads else range(on_grid.shape[1]):
+            grid = on_grid[b, h].repeat_interleave(stride, 0).repeat_interleave(stride, 1)
+            layers[f'block{s}.{j}_head{h}_grid'] = Layer(
+                f'block {s}.{j} head {h}, stage grid', _np(grid[:H, :W]), colors)
+            layers[f'block{s}.{j}_head{h}_pixels'] = Layer(
+                f'block {s}.{j} head {h}, traced', _np(on_pixels[b, h]), colors)
     final = maps.final_map[b]
     if options.groups is not None:
         from .merge import merge_clusters
@@ -164,7 +168,10 @@ def render_views(image: np.ndarray, maps: ClusterMaps, options: ViewOptions,
                              f'{options.groups} groups (K must be <= {features.shape[0]})')
         merged = merge_clusters(final, features.float(), options.groups,
                                 method=options.merge_method, seed=options.seed)
-        views[f'merged_k{options.groups}'] = draw(merged, group_palette(options.groups))
+        layers[f'merged_k{options.groups}'] = Layer(
+            f'final clusters merged: {options.groups} groups ({options.merge_method}, '
+            f'{options.merge_feature})', _np(merged), group_palette(options.groups),
+            in_sheet=True)
         sizes = torch.bincount(merged.flatten(), minlength=options.groups)
         report['merge'] = dict(groups=options.groups, feature=options.merge_feature,
                                method=options.merge_method, seed=options.seed,
@@ -174,10 +181,11 @@ def render_views(image: np.ndarray, maps: ClusterMaps, options: ViewOptions,
             contributions = class_contributions(maps.final, options.fc)[b:b + 1]
         logits = contributions.sum(-1)[0]
         cls = options.target_class if options.target_class is not None else int(logits.argmax())
-        values = contribution_map(contributions, final[None], cls)[0]
-        views[f'contribution_class{cls}'], _ = heatmap(big, upscale(_np(values), f),
-                                                       options.alpha)
         names = options.class_names
+        label = names[cls] if names else f'class {cls}'
+        layers[f'contribution_class{cls}'] = Layer(
+            f'contribution to {label} (red +, blue -)',
+            values=_np(contribution_map(contributions, final[None], cls)[0]), in_sheet=True)
         top = logits.topk(min(5, logits.numel()))
         report['classification'] = dict(
             target_class=cls, target_name=names[cls] if names else None,
@@ -186,35 +194,84 @@ def render_views(image: np.ndarray, maps: ClusterMaps, options: ViewOptions,
             contributions=_np(contributions[0, cls]).tolist(),
             note='contribution of final cluster i (token i of the last stage) to the target '
                  'logit; they sum to the logit (bias shared equally)')
-    return views, report
+    return layers, report
 
 
-def sheet_panels(image: np.ndarray, views: Dict[str, np.ndarray], report: dict
-                 ) -> List[Tuple[str, np.ndarray]]:
-    """(title, image) of the sheet: image | stage maps | merged | contribution."""
-    stats = {s['stage']: s for s in report['stages']}
-    H, W = report['image_size']
-    panels = [(f'image {W}x{H}', image)]
-    for name, view in views.items():
-        if name.startswith('stage'):
-            s = stats[int(name[len('stage'):])]
-            panels.append((f"stage {s['stage']}: {s['non_empty']} clusters, "
-                           f"effective {s['effective']:.0f}", view))
-    for name, view in views.items():
-        if name.startswith('merged'):
-            m = report['merge']
-            panels.append((f"merged: {m['groups']} groups ({m['method']}, {m['feature']})", view))
-        elif name.startswith('contribution'):
-            c = report['classification']
-            label = c['target_name'] or f"class {c['target_class']}"
-            panels.append((f'contribution to {label} (red +, blue -)', view))
-    return panels
+def draw_layer(image: np.ndarray, layer: Layer, alpha: float, boundaries: bool = True
+               ) -> np.ndarray:
+    """One layer over ``image`` (same size as the layer)."""
+    if layer.values is not None:
+        return heatmap(image, layer.values, alpha)[0]
+    return overlay(image, layer.labels, layer.colors, alpha, boundaries)
 
 
-def draw_cluster_sheet(image: np.ndarray, views: Dict[str, np.ndarray], report: dict
-                       ) -> np.ndarray:
-    """The sheet as an RGB array, with the merged groups as legend and the
-    per-stage numbers as note."""
+def render_views(image: np.ndarray, maps: ClusterMaps, options: ViewOptions, b: int = 0
+                 ) -> Tuple[Dict[str, np.ndarray], dict, Dict[str, Layer]]:
+    """Draw the requested views of image ``b``.
+
+    Args:
+        image (np.ndarray): (H, W, 3) uint8 RGB, the image the maps were
+            computed on (``maps.image_size``).
+        maps (ClusterMaps): From :func:`~.cluster_maps.cluster_maps`.
+        options (ViewOptions): What to draw.
+
+    Returns:
+        tuple: the views by name (see :func:`view_layers`), each
+        (f·H, f·W, 3) uint8 RGB (f: :func:`display_scale`); the report; the
+        layers (for :func:`draw_cluster_sheet`).
+    """
+    H, W = maps.image_size
+    if image.shape != (H, W, 3) or image.dtype != np.uint8:
+        raise ValueError(f'render_views: image must be ({H}, {W}, 3) uint8 RGB, got '
+                         f'{image.dtype} {image.shape}')
+    layers, report = view_layers(maps, options, b)
+    f = display_scale(maps.image_size, options.min_size)
+    big = upscale(image, f)
+    views = {}
+    for name, layer in layers.items():
+        scaled = Layer(layer.title, None if layer.labels is None else upscale(layer.labels, f),
+                       layer.colors, None if layer.values is None else upscale(layer.values, f))
+        views[name] = draw_layer(big, scaled, options.alpha)
+    return views, report, layers
+
+
+def _resize_nearest(x: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    rows = (np.arange(size[0]) * x.shape[0] // size[0])
+    cols = (np.arange(size[1]) * x.shape[1] // size[1])
+    return x[rows][:, cols]
+
+
+def draw_cluster_sheet(image: np.ndarray, layers: Dict[str, Layer], report: dict,
+                       alpha: float = 0.5, panel_px: int = 400) -> np.ndarray:
+    """The sheet (image | stage maps | merged | contribution) as an RGB array,
+    with the merged groups as legend and the per-stage numbers as notes.
+
+    Panels are drawn at their own size (the long side ``panel_px``): labels
+    resized by nearest neighbour, the photograph with anti-aliasing. Where
+    connected pieces of clusters are smaller than 8×8 panel pixels on
+    average, the panel shows
+    the fills without boundaries, which would cover them.
+    """
+    from skimage.transform import resize
+    H, W = image.shape[:2]
+    scale = panel_px / max(H, W)
+    size = (max(1, round(H * scale)), max(1, round(W * scale)))
+    small = image if size == (H, W) else (
+        resize(image, size, order=1, anti_aliasing=scale < 1, preserve_range=True)
+        .round().clip(0, 255).astype(np.uint8))
+    panels = [(f'image {W}x{H}', small)]
+    for layer in layers.values():
+        if not layer.in_sheet:
+            continue
+        if layer.labels is not None:
+            labels = _resize_nearest(layer.labels, size)
+            lines = labels.size / count_components(labels) >= 64
+            panels.append((layer.title + ('' if lines else '\n(fills only: pieces too small '
+                                          'for lines)'),
+                           overlay(small, labels, layer.colors, alpha, boundaries=lines)))
+        else:
+            panels.append((layer.title, heatmap(small, _resize_nearest(layer.values, size),
+                                                alpha)[0]))
     legend = []
     if 'merge' in report:
         colors = group_palette(report['merge']['groups'])
@@ -224,6 +281,4 @@ def draw_cluster_sheet(image: np.ndarray, views: Dict[str, np.ndarray], report: 
              f"{100 * s['own_cell_share']:.0f}%; {s['fragmentation']:.2f} pieces per "
              f"cluster; clustering branch {100 * s['cluster_branch_share']:.0f}% of the output"
              for s in report['stages']]
-    if views:
-        image = upscale(image, next(iter(views.values())).shape[0] // image.shape[0])
-    return draw_sheet(sheet_panels(image, views, report), legend, notes)
+    return draw_sheet(panels, legend, notes, panel_inches=size[1] / 100)

@@ -87,10 +87,11 @@ def benchmark(setting: str, repeat: int) -> Dict[str, float]:
         stage_stats(state['maps'])
 
     def views():
-        state['views'], state['report'] = render_views(image, state['maps'], options)
+        state['views'], state['report'], state['layers'] = render_views(image, state['maps'],
+                                                                        options)
 
     def sheet():
-        state['sheet'] = draw_cluster_sheet(image, state['views'], state['report'])
+        state['sheet'] = draw_cluster_sheet(image, state['layers'], state['report'])
 
     def png():
         with tempfile.TemporaryDirectory() as tmp:
