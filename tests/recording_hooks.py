@@ -42,8 +42,23 @@ class PoisonWeightsHook(Hook):
 
 @HOOKS.register_module(force=True)
 class FreezeRankHook(Hook):
-    """Rank ``rank`` stops itself (SIGSTOP) after ``iters`` iterations, as a
-    frozen worker would."""
+    """Rank ``rank`` sends itself ``signal`` after ``iters`` iterations:
+    SIGSTOP (default) as a frozen worker, SIGKILL as one that dies."""
+
+    def __init__(self, rank: int, iters: int, signal: str = 'SIGSTOP') -> None:
+        self.rank, self.iters, self.signal = rank, iters, signal
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if get_rank() == self.rank and runner.iter + 1 == self.iters:
+            import signal
+            os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+@HOOKS.register_module(force=True)
+class KillLauncherHook(Hook):
+    """Rank ``rank`` SIGKILLs its launcher (torchrun's agent, the worker's
+    parent) after ``iters`` iterations and trains on, as when a node's
+    launcher is killed while its workers survive."""
 
     def __init__(self, rank: int, iters: int) -> None:
         self.rank, self.iters = rank, iters
@@ -51,7 +66,7 @@ class FreezeRankHook(Hook):
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         if get_rank() == self.rank and runner.iter + 1 == self.iters:
             import signal
-            os.kill(os.getpid(), signal.SIGSTOP)
+            os.kill(os.getppid(), signal.SIGKILL)
 
 
 @HOOKS.register_module(force=True)

@@ -46,7 +46,7 @@ def test_one_demo_run_writes_the_images(tmp_path):
     cfg = load_demo_config(CONFIG_DIR / 'demo' / 'fec_cls_demo.py', root)
     # Two epochs, a validation after each, the hook on every second one.
     cfg.train_cfg.update(max_epochs=2, val_interval=1)
-    cfg.custom_hooks = [dict(type='ClusterMapHook', interval=2, num_images=2, groups=None)]
+    cfg.custom_hooks = [dict(type='ClusterMapHook', interval=2, num_images=2, groups=3)]
     cfg.default_hooks.checkpoint.update(interval=1000, save_last=False)
     cfg.default_hooks.logger.interval = 1
     cfg.work_dir = str(tmp_path / 'work')

@@ -113,6 +113,34 @@ def test_merge_features_are_one_per_final_cluster(traced):
         maps.merge_features('mean')
 
 
+@pytest.mark.parametrize('feature', ['pooled', 'final', 'conv_f'])
+def test_merged_view_is_a_coarsening_of_the_final_map(traced, feature):
+    from fec_mm.visualization.views import ViewOptions, view_layers
+    model, x, maps = traced
+    layers, report = view_layers(maps, ViewOptions(groups=3, merge_feature=feature), b=1)
+    merged = torch.from_numpy(layers['merged_k3'].labels)
+    final = maps.final_map[1]
+    assert merged.shape == final.shape and 1 <= int(merged.max()) + 1 <= 3
+    for i in torch.unique(final):
+        assert torch.unique(merged[final == i]).numel() == 1  # never splits a final cluster
+    assert report['merge']['feature'] == feature
+    assert sum(report['merge']['pixels_per_group']) == 70 * 101
+    again, _ = view_layers(maps, ViewOptions(groups=3, merge_feature=feature), b=1)
+    assert np.array_equal(again['merged_k3'].labels, layers['merged_k3'].labels)
+
+
+def test_conv_f_centers_are_the_last_poolings(traced):
+    model, x, maps = traced
+    pool = model.cluster_poolings[-1]
+    seen = {}
+    handle = pool.register_forward_hook(lambda m, a, out: seen.update(x=a[0]))
+    with torch.no_grad():
+        model(pad_to_divisor(x, model.size_divisor))
+    handle.remove()
+    expected = torch.nn.functional.avg_pool2d(pool.conv_f(seen['x']), 2)
+    torch.testing.assert_close(maps.merge_features('conv_f'), expected.flatten(2).transpose(1, 2))
+
+
 def test_effective_number_and_components_by_hand():
     assert effective_number(torch.tensor([5, 5, 5, 5, 0])) == pytest.approx(4)
     assert effective_number(torch.tensor([7])) == pytest.approx(1)
@@ -158,7 +186,7 @@ def test_branches_sum_to_the_pooling_output(traced):
     model, x, maps = traced
     seen = {}
     handle = model.cluster_poolings[0].register_forward_hook(
-        lambda m, a, out: seen.setdefault('out', out))
+        lambda m, a, out: seen.update(out=out))
     with torch.no_grad():
         model(pad_to_divisor(x, model.size_divisor))
     handle.remove()

@@ -160,12 +160,14 @@ def test_dist_test_gathers_the_predictions_of_both_processes(tmp_path):
     assert all(int(p['pred_label']) == 1 for p in predictions)
 
 
-def test_a_frozen_peer_fails_the_run_within_the_timeout(tmp_path):
-    """Rank 1 freezes (SIGSTOP) after its second iteration: rank 0's next
-    collective fails after env_cfg.dist_cfg.timeout seconds (default 600 s,
-    10 here) and the launcher ends with an error instead of waiting 30 min."""
+@pytest.mark.parametrize('signal_name', ['SIGSTOP', 'SIGKILL'])
+def test_a_frozen_or_dead_peer_fails_the_run_within_the_timeout(tmp_path, signal_name):
+    """Rank 1 freezes (SIGSTOP) or dies (SIGKILL) after its second iteration:
+    the launcher ends with an error, within env_cfg.dist_cfg.timeout
+    (default 600 s, 10 here) for a frozen peer, instead of waiting 30 min."""
     data = write_images(tmp_path / 'data', per_class=4)
-    hooks = "custom_hooks = [dict(type='FreezeRankHook', rank=1, iters=2)]\n"
+    hooks = (f"custom_hooks = [dict(type='FreezeRankHook', rank=1, iters=2, "
+             f"signal={signal_name!r})]\n")
     config = write_config(tmp_path / 'tiny.py', str(data), imports=['fec_mm', 'recording_hooks'],
                           extra=hooks)
     start = time.monotonic()
@@ -174,5 +176,29 @@ def test_a_frozen_peer_fails_the_run_within_the_timeout(tmp_path):
                            'train_cfg.max_iters=6', expect_success=False)
     elapsed = time.monotonic() - start
     assert codes[0] != 0, log[-3000:]
-    assert 'Timed out waiting 10000ms' in log, log[-3000:]
+    if signal_name == 'SIGSTOP':
+        assert 'Timed out waiting 10000ms' in log, log[-3000:]
+    else:
+        assert 'exitcode  : -9 (pid' in log, log[-3000:]
     assert elapsed < TIME_LIMIT_S
+
+
+def test_a_killed_node_launcher_does_not_hold_node_0(tmp_path):
+    """Node 1's launcher is SIGKILLed mid-run while its worker trains on: both
+    ranks finish, and node 0's launcher ends after the exit barrier
+    (EXIT_BARRIER_TIMEOUT, default 60 s, 5 here) instead of torchrun's 300 s."""
+    data = write_images(tmp_path / 'data', per_class=4)
+    hooks = ("custom_hooks = [dict(type='SaveRankWeightsHook'), "
+             "dict(type='KillLauncherHook', rank=1, iters=2)]\n")
+    config = write_config(tmp_path / 'tiny.py', str(data), imports=['fec_mm', 'recording_hooks'],
+                          extra=hooks)
+    work_dir = tmp_path / 'work'
+    os.environ['EXIT_BARRIER_TIMEOUT'] = '5'
+    try:
+        codes, log = _dist_run('dist_train.sh', tmp_path, [config], work_dir, 2, 1,
+                               expect_success=False)
+    finally:
+        del os.environ['EXIT_BARRIER_TIMEOUT']
+    assert codes == [0, -9], log[-3000:]
+    assert 'Error waiting on exit barrier. Elapsed: 5.' in log, log[-3000:]
+    _assert_same(_weights(work_dir, 0), _weights(work_dir, 1))

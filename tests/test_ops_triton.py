@@ -201,3 +201,19 @@ def test_backbone_matches_reference():
     assert grads.keys() == ref_grads.keys()
     for name in grads:
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+@kernels
+@pytest.mark.parametrize('alpha', [0.7, -1.3])
+def test_return_assignment_matches_reference(alpha):
+    """The assignment the Triton kernels aggregated with (what the recorder
+    of fec_mm.models.record_assignments stores) equals the reference's."""
+    _, encode, pool = _ops()
+    p, v, c, vc = _inputs(2, 70, 9, 24, seed=5)
+    a, b = _scalars(alpha, 0.2)
+    for op, args in ((encode, (p, v, c, vc, a, b)), (pool, (p, v, c, vc))):
+        ref = op(*args, impl='reference', return_assignment=True)
+        got = op(*args, impl='triton', return_assignment=True)
+        assert torch.equal(got[1].cpu(), ref[1].cpu())
+        for x, y in ((got[0], ref[0]), (got[2], ref[2])):
+            torch.testing.assert_close(x.cpu(), y.cpu(), rtol=1e-5, atol=1e-5)

@@ -16,6 +16,7 @@ from mmengine.config import Config
 from tiny_classifier import write_config, write_images
 
 from fec_mm.engine import WorkDirLock, build_train_parser, check_data_paths, train
+from fec_mm.engine.training import build_train_config
 from fec_mm.engine.training_guards import NonFiniteLossError
 from fec_mm.models import FEC
 
@@ -79,6 +80,38 @@ def test_bad_annotation_json_and_missing_images_are_named(tmp_path):
         check_data_paths(_coco_cfg(tmp_path, 'ann.json'), ['train_dataloader'])
     (tmp_path / 'train2017' / 'b.jpg').write_bytes(b'')
     check_data_paths(_coco_cfg(tmp_path, 'ann.json'), ['train_dataloader'])
+
+
+def test_check_images_decodes_every_listed_image(tmp_path):
+    """--check-images builds the dataset and decodes each file: a truncated
+    PNG and a text file named .png are named; without the flag only the cheap
+    checks run."""
+    data = write_images(tmp_path / 'data', per_class=3)
+    config = write_config(tmp_path / 'tiny.py', str(data))
+    args = [str(config), '--work-dir', str(tmp_path / 'work'), '--check-images']
+    build_train_config(build_train_parser().parse_args(args))  # all decode
+    good = (data / 'dog' / '1.png').read_bytes()
+    (data / 'dog' / '1.png').write_bytes(good[:len(good) // 3])
+    (data / 'cat' / '2.png').write_text('not an image')
+    with pytest.raises(ValueError, match=r'train_dataloader.dataset: 2 of the 6 image files .*'
+                       r'cannot be read or decoded, e.g. .*cat/2.png \(not a decodable image\)'):
+        build_train_config(build_train_parser().parse_args(args))
+    build_train_config(build_train_parser().parse_args(args[:-1]))
+    assert not (tmp_path / 'work').exists()
+
+
+def test_files_missing_from_a_text_annotation_file_are_named(tmp_path):
+    """The cheap check, always run: a class-list annotation file (mmpretrain's
+    meta/train.txt layout) naming a missing image stops train.py up front."""
+    data = write_images(tmp_path / 'data', per_class=2)
+    (data / 'train.txt').write_text('cat/0.png 0\ncat/7.png 0\ndog/1.png 1\n')
+    config = write_config(tmp_path / 'tiny.py', str(data), ann_file='train.txt')
+    args = [str(config), '--work-dir', str(tmp_path / 'work')]
+    with pytest.raises(ValueError, match=r'train_dataloader.dataset: 1 of the 3 image files it '
+                       r'lists are missing, e.g. .*cat/7.png \(missing\)'):
+        build_train_config(build_train_parser().parse_args(args))
+    (data / 'train.txt').write_text('cat/0.png 0\ndog/1.png 1\n')
+    build_train_config(build_train_parser().parse_args(args))
 
 
 def test_a_second_training_in_a_live_runs_work_dir_is_refused(data, tmp_path):

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # smaller here, to keep the CPU test short (also exercises --cfg-options).
 SMALL_DET = ['--cfg-options', 'test_dataloader.dataset.pipeline.1.scale=(192,128)']
 SMALL_SEG = ['--cfg-options', 'test_dataloader.dataset.pipeline.1.scale=(256,96)']
-CONFIGS = [('fec_small_in1k.py', [], (224, 224)),
+CONFIGS = [('fec_small_in1k.py', ['--groups', '4', '--merge-feature', 'conv_f'], (224, 224)),
            ('fec_maskrcnn.py', SMALL_DET, (128, 190)),
            ('fec_retinanet.py', SMALL_DET, (128, 190)),
            ('fec_semfpn_ade20k.py', SMALL_SEG, (96, 143)),
@@ -59,6 +59,7 @@ def test_every_config_kind(config, options, size, photo, tmp_path):
     scale = -(-512 // max(size))
     assert Image.open(out / stages[0]).size == (size[1] * scale, size[0] * scale)
     if config == 'fec_small_in1k.py':  # a classifier: its contributions are drawn
+        assert 'chelsea_odd_merged_k4.png' in names and report['merge']['feature'] == 'conv_f'
         assert any(n.startswith('chelsea_odd_contribution_class') for n in names)
         c = report['classification']
         assert sum(c['contributions']) == pytest.approx(c['top'][0]['logit'], rel=1e-4, abs=1e-5)
@@ -72,15 +73,18 @@ def test_odd_photograph_with_arch_alone_in_rgb(photo, tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / 'tools' / 'visualization' / 'vis_clusters.py'), str(photo),
          '--arch', 'small', '--block', '2.1', '--head', '0', '5', '--alpha', '0',
+         '--groups', '5', '--merge-feature', 'pooled', '--merge-method', 'ward',
          '--out-dir', str(out), '--json'],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     names = sorted(p.name for p in _pngs(out))
-    assert names == sorted(['chelsea_odd_sheet.png'] + [
+    assert names == sorted(['chelsea_odd_sheet.png', 'chelsea_odd_merged_k5.png'] + [
         f'chelsea_odd_stage{k}.png' for k in (1, 2, 3)] + [
         f'chelsea_odd_block2.1_head{h}_{v}.png' for h in (0, 5) for v in ('grid', 'pixels')])
     report = json.loads((out / 'chelsea_odd_clusters.json').read_text())
     assert report['image_size'] == [291, 433] and report['padded_size'] == [320, 448]
+    assert report['merge'] == dict(report['merge'], groups=5, feature='pooled', method='ward')
+    assert sum(report['merge']['pixels_per_group']) == 291 * 433
     # --alpha 0: the photograph itself (enlarged x2) where no boundary is drawn,
     # in RGB order.
     rgb = data.chelsea()[:291, :433]

@@ -5,7 +5,7 @@ global state, so only the tools' code path (and tests) bring it in.
 Importing this package needs mmengine alone; the config's
 ``default_scope`` decides which of mmdet, mmseg or mmpretrain runs.
 """
-from .data_checks import check_data_paths
+from .data_checks import check_data_paths, check_images_decode
 from .launch import init_cpu_distributed, mpi_dist_env, slurm_dist_env, slurm_first_host
 from .rng_state_hook import RngStateHook
 from .testing import build_test_parser, test
@@ -14,6 +14,7 @@ from .training_guards import NonFiniteLossHook, WorkDirLock
 
 __all__ = [
     'NonFiniteLossHook', 'RngStateHook', 'WorkDirLock', 'build_test_parser',
-    'build_train_parser', 'check_data_paths', 'init_cpu_distributed', 'mpi_dist_env',
+    'build_train_parser', 'check_data_paths', 'check_images_decode', 'init_cpu_distributed',
+    'mpi_dist_env',
     'slurm_dist_env', 'slurm_first_host', 'test', 'train'
 ]

@@ -21,7 +21,7 @@ from .cli import (
     load_config,
     setup_distributed,
 )
-from .data_checks import check_data_paths
+from .data_checks import check_data_paths, check_images_decode, check_listed_files_exist
 from .rng_state_hook import RngStateHook
 from .testing import check_checkpoint_fits
 from .training_guards import NonFiniteLossHook, WorkDirLock
@@ -40,6 +40,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from CKPT, or without a value from the latest '
                         'checkpoint in the work dir')
+    parser.add_argument('--check-images', action='store_true',
+                        help='before training, read and decode every image (and '
+                        'segmentation map) the train/val datasets list, naming the bad ones')
     add_common_args(parser)
     return parser
 
@@ -120,6 +123,10 @@ def build_train_config(args: argparse.Namespace) -> Config:
     # The Runner builds the validation loop only when val_cfg is set.
     used = ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') is not None else [])
     check_data_paths(cfg, used)
+    check_listed_files_exist(cfg, used)
+    if getattr(args, 'check_images', False):
+        count = check_images_decode(cfg, used)
+        print_log(f'--check-images: all {count} image files decode', logger='current')
     return cfg
 
 

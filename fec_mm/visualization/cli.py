@@ -26,7 +26,8 @@ from ..models.checkpoint import load_fec_checkpoint, read_state_dict
 from ..models.fec import FEC
 from .cluster_maps import MERGE_FEATURES, cluster_maps
 from .contributions import linear_classifier_head
-from .views import MERGE_METHODS, ViewOptions, check_options
+from .merge import MERGE_METHODS
+from .views import ViewOptions, check_options
 
 # ImageNet's RGB mean and std (mmpretrain's data preprocessors), for --arch.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)

@@ -14,10 +14,9 @@ import torch.nn as nn
 
 from .cluster_maps import MERGE_FEATURES, ClusterMaps, stage_stride
 from .contributions import class_contributions, contribution_map
+from .merge import MERGE_METHODS, merge_clusters
 from .render import draw_sheet, group_palette, heatmap, overlay, palette, upscale
 from .stats import count_components, stage_stats
-
-MERGE_METHODS = ('kmeans', 'ward')
 
 
 @dataclass
@@ -161,11 +160,7 @@ def view_layers(maps: ClusterMaps, options: ViewOptions, b: int = 0
                 f'block {s}.{j} head {h}, traced', _np(on_pixels[b, h]), colors)
     final = maps.final_map[b]
     if options.groups is not None:
-        from .merge import merge_clusters
         features = maps.merge_features(options.merge_feature)[b]
-        if options.groups > features.shape[0]:
-            raise ValueError(f'cannot merge {features.shape[0]} final clusters into '
-                             f'{options.groups} groups (K must be <= {features.shape[0]})')
         merged = merge_clusters(final, features.float(), options.groups,
                                 method=options.merge_method, seed=options.seed)
         layers[f'merged_k{options.groups}'] = Layer(
