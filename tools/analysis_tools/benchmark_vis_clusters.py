@@ -13,9 +13,11 @@ phase by phase, on scikit-image's astronaut (a 512×512 photograph):
 
 and, for comparison, the plain forward of the backbone (no recorder). Time:
 the minimum over ``--repeat`` runs after one untimed run (the figure least
-disturbed by other processes on a shared machine); the table also prints
-the CPU, the torch threads and the load average, since other jobs change
-the figures.
+disturbed by other processes on a shared machine), per phase and for the
+whole (all phases in turn), the latter also as CPU time of this process
+(``time.process_time``: with one torch thread, about what the wall time
+would be on an idle core). The table prints the CPU, the torch threads and
+the load average, since other jobs change the figures.
 
     python tools/analysis_tools/benchmark_vis_clusters.py [--settings cls seg det] [--repeat 5]
 """
@@ -103,7 +105,20 @@ def benchmark(setting: str, repeat: int) -> Dict[str, float]:
     for name, fn in (('maps', maps), ('numbers', numbers), ('views', views), ('sheet', sheet),
                      ('png', png)):
         row[name] = best_time(fn, repeat)
-    row['total'] = sum(v for k, v in row.items() if k != 'plain forward')
+    row['sum of phases'] = sum(v for k, v in row.items() if k != 'plain forward')
+
+    def pipeline():
+        for fn in (maps, numbers, views, sheet, png):
+            fn()
+    pipeline()
+    wall, cpu = [], []
+    for _ in range(repeat):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        pipeline()
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    row['whole: wall'] = min(wall)
+    row['whole: CPU'] = min(cpu)
     return row
 
 
