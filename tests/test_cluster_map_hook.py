@@ -27,6 +27,19 @@ def test_registered_in_the_root_registry_and_on_in_the_demo_configs():
         assert [h['type'] for h in cfg.custom_hooks] == ['ClusterMapHook']
     with pytest.raises(ValueError, match='interval must be an int >= 1'):
         ClusterMapHook(interval=0)
+    # Checked when the run starts: a backbone that is not FEC, a stage it lacks.
+    import torch.nn as nn
+
+    class Runner_:
+        model = nn.Module()
+    Runner_.model.backbone = nn.Conv2d(3, 3, 1)
+    with pytest.raises(ValueError, match="backbone is Conv2d, not FEC"):
+        ClusterMapHook().before_run(Runner_)
+    from fec_mm.models import FEC
+    Runner_.model.backbone = FEC(arch='small', out_indices=(2,))
+    with pytest.raises(ValueError, match='no pooling stage 3: the stages with cluster maps '
+                       'are 1..2'):
+        ClusterMapHook(stages=[3]).before_run(Runner_)
 
 
 def test_validation_metrics_skip_the_hooks_records():

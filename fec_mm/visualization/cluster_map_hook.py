@@ -63,6 +63,23 @@ class ClusterMapHook(Hook):
         self.panel_px = panel_px
         self._validations = 0
 
+    def before_run(self, runner) -> None:
+        """Fail at the start, not after the first validation, on a model
+        whose backbone is not FEC or options it cannot draw."""
+        self._check(runner.model.module if is_model_wrapper(runner.model) else runner.model)
+
+    def _check(self, model) -> None:
+        from ..models.fec import FEC
+        from .contributions import linear_classifier_head
+        from .views import check_options
+        backbone = getattr(model, 'backbone', None)
+        if not isinstance(backbone, FEC):
+            raise ValueError(f'ClusterMapHook: the model\'s backbone is '
+                             f'{type(backbone).__name__}, not FEC')
+        self.options.fc = linear_classifier_head(model)
+        check_options(self.options, backbone.num_stages, backbone.arch['depths'],
+                      backbone.arch['heads'])
+
     def after_val_epoch(self, runner, metrics: Optional[Dict[str, float]] = None) -> None:
         self._validations += 1
         if self._validations % self.interval or not is_main_process():
@@ -83,17 +100,10 @@ class ClusterMapHook(Hook):
     def _draw(self, runner, model, dataset, step: int) -> List[dict]:
         from mmengine.dataset import pseudo_collate
 
-        from ..models.fec import FEC
         from .cluster_maps import cluster_maps
-        from .contributions import linear_classifier_head
-        from .views import check_options, draw_cluster_sheet, view_layers
-        backbone = getattr(model, 'backbone', None)
-        if not isinstance(backbone, FEC):
-            raise ValueError(f'ClusterMapHook: the model\'s backbone is '
-                             f'{type(backbone).__name__}, not FEC')
-        self.options.fc = linear_classifier_head(model)
-        check_options(self.options, backbone.num_stages, backbone.arch['depths'],
-                      backbone.arch['heads'])
+        from .views import draw_cluster_sheet, view_layers
+        self._check(model)
+        backbone = model.backbone
         reports = []
         for i in range(min(self.num_images, len(dataset))):
             data = dataset[i]
