@@ -247,13 +247,13 @@ def draw_cluster_sheet(image: np.ndarray, layers: Dict[str, Layer], report: dict
     average, the panel shows
     the fills without boundaries, which would cover them.
     """
-    from skimage.transform import resize
+    from PIL import Image
     H, W = image.shape[:2]
     scale = panel_px / max(H, W)
     size = (max(1, round(H * scale)), max(1, round(W * scale)))
-    small = image if size == (H, W) else (
-        resize(image, size, order=1, anti_aliasing=scale < 1, preserve_range=True)
-        .round().clip(0, 255).astype(np.uint8))
+    # PIL's bilinear filter widens its support when shrinking (anti-aliased).
+    small = image if size == (H, W) else np.asarray(
+        Image.fromarray(image).resize(size[::-1], Image.BILINEAR))
     panels = [(f'image {W}x{H}', small)]
     for layer in layers.values():
         if not layer.in_sheet:
