@@ -94,6 +94,18 @@ def test_odd_photograph_with_arch_alone_in_rgb(photo, tmp_path):
     assert same > 0.3 and swapped < 0.05, (same, swapped)
 
 
+def test_arch_replaces_the_configs_backbone(photo, tmp_path):
+    out = tmp_path / 'out'
+    run([str(photo), str(ROOT / 'configs' / 'fec_small_in1k.py'), '--arch', 'base',
+         '--stage', '3', '--out-dir', str(out), '--json'])
+    report = json.loads((out / 'chelsea_odd_clusters.json').read_text())
+    assert report['arch'] == 'base'
+    # The config's head is FEC-Small's (320 inputs): no contributions for FEC-Base.
+    assert 'classification' not in report
+    assert sorted(p.name for p in _pngs(out)) == ['chelsea_odd_sheet.png',
+                                                   'chelsea_odd_stage3.png']
+
+
 def test_config_pipeline_keeps_rgb(tmp_path):
     red = tmp_path / 'red.png'
     Image.fromarray(np.full((100, 130, 3), (250, 10, 0), np.uint8)).save(red)

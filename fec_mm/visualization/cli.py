@@ -206,6 +206,8 @@ def view_options(args: argparse.Namespace, prepared: Prepared) -> ViewOptions:
     """The views asked for, checked against the backbone."""
     backbone = prepared.backbone
     fc = linear_classifier_head(prepared.model)
+    if fc is not None and fc.in_features != backbone.arch['widths'][backbone.num_stages - 1]:
+        fc = None  # --arch changed the backbone under the config's head: no contributions
     options = ViewOptions(stages=args.stage, blocks=[parse_block(b) for b in args.block],
                           heads=args.head, groups=args.groups, merge_feature=args.merge_feature,
                           merge_method=args.merge_method, alpha=args.alpha, seed=args.seed, fc=fc,
