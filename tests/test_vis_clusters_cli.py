@@ -62,6 +62,8 @@ def test_every_config_kind(config, options, size, photo, tmp_path):
         assert 'chelsea_odd_merged_k4.png' in names and report['merge']['feature'] == 'conv_f'
         assert any(n.startswith('chelsea_odd_contribution_class') for n in names)
         c = report['classification']
+        from mmpretrain.datasets.categories import IMAGENET_CATEGORIES
+        assert c['target_name'] == IMAGENET_CATEGORIES[c['target_class']]  # ImageNet's names
         assert sum(c['contributions']) == pytest.approx(c['top'][0]['logit'], rel=1e-4, abs=1e-5)
     else:
         assert 'classification' not in report

@@ -176,8 +176,12 @@ def prepare_from_config(args: argparse.Namespace) -> Prepared:
     packed = data['inputs']
     display = packed.flip(0).permute(1, 2, 0).cpu().numpy().astype(np.uint8)  # BGR -> RGB
     metainfo = dataloader.dataset.get('metainfo') or cfg.get('metainfo') or {}
+    classes = metainfo.get('classes')
+    if classes is None:  # the dataset class's own (e.g. ImageNet's 1000 names)
+        dataset_cls = registry.DATASETS.get(dataloader.dataset.get('type', ''))
+        classes = getattr(dataset_cls, 'METAINFO', {}).get('classes')
     return Prepared(model, backbone, batch['inputs'], tuple(display.shape[:2]), display,
-                    metainfo.get('classes'))
+                    classes)
 
 
 def prepare_from_arch(args: argparse.Namespace) -> Prepared:
