@@ -195,14 +195,16 @@ def test_branches_sum_to_the_pooling_output(traced):
 
 
 def test_class_contributions_sum_to_the_logits():
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
     torch.manual_seed(0)
-    model = MODELS.build(dict(
-        type='ImageClassifier',
-        backbone=dict(type='FEC', arch=TINY, num_centers=(3, 3, 2, 2), out_indices=(3,),
-                      ops_impl='reference'),
-        neck=dict(type='GlobalAveragePooling'),
-        head=dict(type='LinearClsHead', num_classes=5, in_channels=40))).eval()
+    with DefaultScope.overwrite_default_scope('mmpretrain'):  # other tests set another
+        model = MODELS.build(dict(
+            type='ImageClassifier',
+            backbone=dict(type='FEC', arch=TINY, num_centers=(3, 3, 2, 2), out_indices=(3,),
+                          ops_impl='reference'),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='LinearClsHead', num_classes=5, in_channels=40))).eval()
     fc = linear_classifier_head(model)
     assert fc is model.head.fc
     with torch.no_grad():
