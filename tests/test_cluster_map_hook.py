@@ -1,6 +1,7 @@
 """ClusterMapHook: a demo run writes the sheets of its fixed validation images
 through the visualizer every ``interval`` validations, logs the per-stage
 numbers, and the demo summary still reads the validation metrics."""
+import importlib
 import json
 
 import numpy as np
@@ -21,6 +22,9 @@ from fec_mm.visualization.cluster_map_hook import SCALAR_KEYS, SCALAR_PREFIX, Cl
 
 def test_registered_in_the_root_registry_and_on_in_the_demo_configs():
     assert HOOKS.get('ClusterMapHook') is ClusterMapHook
+    for scope in ('mmdet', 'mmseg', 'mmpretrain'):  # their registries fall back to the root
+        assert importlib.import_module(f'{scope}.registry').HOOKS.get(
+            'ClusterMapHook') is ClusterMapHook
     for name in ('fec_cls_demo.py', 'fec_maskrcnn_demo.py', 'fec_semfpn_demo.py'):
         from mmengine.config import Config
         cfg = Config.fromfile(str(CONFIG_DIR / 'demo' / name))
