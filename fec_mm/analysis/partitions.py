@@ -1,0 +1,177 @@
+"""Partitions of an image into segments: FEC's final clusters traced to
+pixels, and the baselines they are compared with (a regular grid, SLIC at a
+matched count). See :mod:`fec_mm.analysis.cluster_quality`."""
+import copy
+import math
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.config import Config
+
+from ..models.assignments import record_assignments
+from ..models.checkpoint import backbone_state_dict, check_weights_fit, read_state_dict
+from ..visualization.trace import stage_maps, to_pixels
+
+
+def grid_partition(height: int, width: int, k: int) -> np.ndarray:
+    """A regular grid of exactly ``k`` cells, as square as possible.
+
+    Rows ``r ≈ sqrt(k·H/W)`` bands of equal height; the ``k`` cells are
+    spread over the bands as evenly as possible (``k // r`` or ``k // r + 1``
+    per band), each band cut into equal widths. So ``k`` need not factor.
+
+    Returns:
+        np.ndarray: (height, width) int64 labels 0 .. k-1, row-major.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f'grid_partition: k must be an int >= 1, got {k!r}')
+    rows = int(min(max(round(math.sqrt(k * height / width)), 1), k, height))
+    per_row = np.full(rows, k // rows)
+    per_row[:k % rows] += 1
+    if per_row.max() > width:
+        raise ValueError(f'grid_partition: {k} cells do not fit a {height}x{width} image')
+    row_of = (np.arange(height) * rows) // height
+    first = np.concatenate([[0], np.cumsum(per_row)[:-1]])
+    cols = per_row[row_of][:, None]
+    col_of = (np.arange(width)[None, :] * cols) // width
+    return (first[row_of][:, None] + col_of).astype(np.int64)
+
+
+def slic_matched(image: np.ndarray, k: int, compactness: float,
+                 max_tries: int = 12) -> np.ndarray:
+    """SLIC superpixels whose actual count is as close to ``k`` as found.
+
+    SLIC's ``n_segments`` is only a target (connectivity enforcement merges
+    and splits), so it is searched: rescaled by ``k / count`` until the count
+    is ``k`` or ``max_tries`` runs; the run closest to ``k`` is returned.
+
+    Args:
+        image (np.ndarray): (H, W, 3) uint8 RGB.
+        k (int): Wanted number of segments.
+        compactness (float): SLIC's compactness.
+
+    Returns:
+        np.ndarray: (H, W) int64 labels from 0.
+    """
+    from skimage.segmentation import slic
+    best, best_gap, tried = None, None, set()
+    n = k
+    for _ in range(max_tries):
+        tried.add(n)
+        labels = slic(image, n_segments=n, compactness=compactness, start_label=0,
+                      channel_axis=-1)
+        count = int(np.unique(labels).size)
+        gap = abs(count - k)
+        if best_gap is None or gap < best_gap:
+            best, best_gap = labels, gap
+        if gap == 0:
+            break
+        step = max(1, round(n * k / count)) if count else n + 1
+        if step in tried:  # the rescale cycles: walk one step towards k instead
+            step = n + (1 if count < k else -1)
+            while step in tried and step > 1:
+                step += 1 if count < k else -1
+        if step < 1 or step in tried:
+            break
+        n = step
+    return best.astype(np.int64)
+
+
+class FECPartitioner:
+    """Final-stage cluster maps of one FEC backbone, traced to pixels.
+
+    Args:
+        backbone (nn.Module): An FEC backbone (``size_divisor``, ``stages``).
+        mean, std (Sequence[float]): Per-channel normalisation of RGB pixels,
+            as the config's data preprocessor.
+    """
+
+    def __init__(self, backbone: nn.Module, mean: Sequence[float],
+                 std: Sequence[float]) -> None:
+        self.backbone = backbone.eval()
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self._final: Optional[torch.Tensor] = None
+
+    def _keep_final(self, module, args, out) -> None:
+        self._final = out.detach()
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> Tuple[np.ndarray, torch.Tensor]:
+        """Partition one image.
+
+        Args:
+            image (np.ndarray): (H, W, 3) uint8 RGB.
+
+        Returns:
+            tuple: (H, W) int64 final-cluster id of every pixel (flat ids on
+            the final stage's grid) and the (num_final_tokens, C) features
+            of those tokens.
+        """
+        h, w = image.shape[:2]
+        x = (torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+             - self.mean) / self.std
+        d = self.backbone.size_divisor
+        # Zero after normalisation, bottom/right: what mmdet/mmseg pad with.
+        x = F.pad(x[None], (0, -w % d, 0, -h % d))
+        # The blocks are called one by one (not the stage's Sequential), so
+        # the last block's output is the final stage's map.
+        handle = self.backbone.stages[-1][-1].register_forward_hook(self._keep_final)
+        try:
+            with record_assignments(self.backbone) as rec:
+                self.backbone(x)
+        finally:
+            handle.remove()
+        stem = stage_maps(rec.poolings())[-1]
+        stride = x.shape[-1] // stem.shape[-1]
+        pixels = to_pixels(stem, stride)[0, :h, :w]
+        feats = self._final[0].flatten(1).T.contiguous()
+        return pixels.numpy().astype(np.int64), feats
+
+
+def backbone_from_config(cfg: Config, checkpoint: Optional[str] = None,
+                         seed: int = 0) -> nn.Module:
+    """The config's FEC backbone, with the checkpoint's backbone weights or,
+    without one, randomly initialised from ``seed`` (the default init).
+
+    Raises:
+        ValueError: The config's backbone is not FEC, or the checkpoint holds
+            no backbone weights, weights of another arch, or misses some.
+    """
+    from mmengine.registry import MODELS
+
+    import fec_mm.models  # noqa: F401  (registers FEC)
+    bcfg = copy.deepcopy(cfg.model.get('backbone'))
+    if bcfg is None or bcfg.get('type') != 'FEC':
+        raise ValueError('cluster quality: the config\'s model.backbone must be '
+                         f"type='FEC', got {None if bcfg is None else bcfg.get('type')!r}")
+    bcfg['init_cfg'] = None
+    torch.manual_seed(seed)
+    backbone = MODELS.build(bcfg)
+    if checkpoint is None:  # construction applies the default init (spec §2)
+        return backbone.eval()
+    state_dict = read_state_dict(checkpoint)
+    prefix = 'backbone.' if any(k.startswith('backbone.') for k in state_dict) else ''
+    check_weights_fit(backbone, state_dict, prefix)
+    weights = backbone_state_dict(state_dict, prefix or None)
+    missing = [k for k in backbone.state_dict() if k not in weights]
+    if missing:
+        raise ValueError(f'cluster quality: checkpoint {checkpoint} lacks {len(missing)} '
+                         f'weights of the config\'s FEC backbone, e.g. {missing[:3]}: a '
+                         'checkpoint of another model or arch?')
+    backbone.load_state_dict(weights, strict=False)
+    return backbone.eval()
+
+
+def upscale_labels(labels: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label map to ``shape`` (pixel centres)."""
+    h, w = labels.shape
+    H, W = shape
+    if (h, w) == (H, W):
+        return labels
+    rows = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.int64), w - 1)
+    return labels[rows[:, None], cols[None, :]]
