@@ -1,4 +1,12 @@
-"""Analysis of FEC models. Cluster quality (README "Cluster quality"):
-``segment_metrics`` (scores of a partition against ground-truth segments),
-``partitions`` (FEC's final clusters, grid, SLIC), ``segment_data`` (images
-and masks from mmdet/mmseg configs), ``cluster_quality`` (all together)."""
+"""Analysis of FEC models.
+
+Cost (README "Cost: FLOPs and speed"): ``flops`` (FEC's ops in mmengine's
+FLOP counter, registered on ``import fec_mm``; counts of models and configs).
+Cluster quality (README "Cluster quality"): ``segment_metrics`` (scores of a
+partition against ground-truth segments), ``partitions`` (FEC's final
+clusters, grid, SLIC), ``segment_data`` (images and masks from mmdet/mmseg
+configs), ``cluster_quality`` (all together).
+"""
+from .flops import FlopCount, clustering_flops, config_flops, count_flops, register_flop_handles
+
+__all__ = ['FlopCount', 'clustering_flops', 'config_flops', 'count_flops', 'register_flop_handles']
