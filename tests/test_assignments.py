@@ -1,5 +1,13 @@
 """The assignment recorder is faithful: re-aggregating each layer's values with
-the recorded global indices reproduces the layer's output, for every impl."""
+the recorded global indices reproduces the layer's output, for every impl
+(Triton's on a GPU, or on CPU under its interpreter: ``TRITON_INTERPRET=1``
+must be set before Triton is imported, so ``test_triton_under_the_interpreter``
+re-runs the check in a fresh interpreter, as tests/test_ops_triton.py does)."""
+import importlib.util
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +18,11 @@ from fec_mm.models.cluster_pooling import ClusterPooling
 from fec_mm.ops import cpu
 from fec_mm.visualization import head_map_on_stem, stage_maps, to_pixels
 
-IMPLS = ['reference'] + (['cpu'] if cpu.is_available() else [])
+INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
+HAS_TRITON = importlib.util.find_spec('triton') is not None
+RUN_TRITON = HAS_TRITON and (INTERPRET or torch.cuda.is_available())
+IMPLS = (['reference'] + (['cpu'] if cpu.is_available() else [])
+         + (['triton'] if RUN_TRITON else []))
 TINY = dict(depths=(1, 1, 1, 1), widths=(16, 24, 32, 40), heads=(2, 2, 2, 2), head_dim=8)
 
 
@@ -34,7 +46,8 @@ def _scatter_mean(values, base, index, num):
     """(base_m + Σ_{index=m} v) / (1 + count_m) over flat ids: values (B, d, N)."""
     B, d, _ = values.shape
     sums = base.clone().scatter_add_(2, index[:, None].expand(B, d, -1), values)
-    counts = torch.ones(B, 1, num).scatter_add_(2, index[:, None], torch.ones(B, 1, index.shape[1]))
+    ones = torch.ones(B, 1, index.shape[1], device=values.device)
+    counts = torch.ones(B, 1, num, device=values.device).scatter_add_(2, index[:, None], ones)
     return sums / counts
 
 
@@ -49,10 +62,25 @@ def _region_pool(x, fold, size):
     return pooled.reshape(B, C, fold * size, fold * size)
 
 
+@pytest.mark.skipif(not HAS_TRITON or INTERPRET or torch.cuda.is_available(),
+                    reason='triton runs in-process (GPU), is missing, or this is the re-run')
+def test_triton_under_the_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET='1', CUDA_VISIBLE_DEVICES='')
+    result = subprocess.run(
+        [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', __file__,
+         '-k', 'test_recorded_indices_reproduce_every_layer and triton'],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert '1 passed' in summary and 'skipped' not in summary, summary
+
+
 @pytest.mark.parametrize('impl', IMPLS)
 def test_recorded_indices_reproduce_every_layer(impl):
     model = _model(impl)
-    x = torch.randn(2, 3, 128, 192)  # non-square; folds 2 at stages 0-1
+    device = 'cuda' if impl == 'triton' and torch.cuda.is_available() else 'cpu'
+    model.to(device)
+    x = torch.randn(2, 3, 128, 192, device=device)  # non-square; folds 2 at stages 0-1
     seen, handles = _capture(model)
     with torch.no_grad(), record_assignments(model) as rec:
         model(x)

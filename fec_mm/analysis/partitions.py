@@ -8,12 +8,10 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmengine.config import Config
 
-from ..models.assignments import record_assignments
 from ..models.checkpoint import backbone_state_dict, check_weights_fit, read_state_dict
-from ..visualization.trace import stage_maps, to_pixels
+from ..visualization.cluster_maps import cluster_maps
 
 
 def grid_partition(height: int, width: int, k: int) -> np.ndarray:
@@ -111,25 +109,19 @@ class FECPartitioner:
             the final stage's grid) and the (num_final_tokens, C) features
             of those tokens.
         """
-        h, w = image.shape[:2]
         x = (torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
              - self.mean) / self.std
-        d = self.backbone.size_divisor
-        # Zero after normalisation, bottom/right: what mmdet/mmseg pad with.
-        x = F.pad(x[None], (0, -w % d, 0, -h % d))
         # The blocks are called one by one (not the stage's Sequential), so
-        # the last block's output is the final stage's map.
+        # the last block's output is the final stage's map (before the norm).
         handle = self.backbone.stages[-1][-1].register_forward_hook(self._keep_final)
         try:
-            with record_assignments(self.backbone) as rec:
-                self.backbone(x)
+            # Pads to size_divisor with zeros after normalisation, bottom/right
+            # (what mmdet/mmseg pad with), records, traces and crops back.
+            maps = cluster_maps(self.backbone, x)
         finally:
             handle.remove()
-        stem = stage_maps(rec.poolings())[-1]
-        stride = x.shape[-1] // stem.shape[-1]
-        pixels = to_pixels(stem, stride)[0, :h, :w]
         feats = self._final[0].flatten(1).T.contiguous()
-        return pixels.numpy().astype(np.int64), feats
+        return maps.final_map[0].numpy().astype(np.int64), feats
 
 
 def backbone_from_config(cfg: Config, checkpoint: Optional[str] = None,

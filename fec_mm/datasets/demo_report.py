@@ -28,6 +28,29 @@ def read_scalars(work_dir: str) -> List[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+# Scalars that hooks log beside the validation metrics (ClusterMapHook's
+# per-stage numbers, fec_mm/visualization/cluster_map_hook.py): not metrics.
+NON_METRIC_PREFIXES = ('cluster_maps/',)
+
+
+def validation_metrics(records: List[dict]) -> Dict[str, float]:
+    """The metrics of the last validation in a scalar log.
+
+    Validation records are those without a training loss or lr. Hooks may
+    log other scalars at validation time, in records of their own before or
+    after the metrics' record (:data:`NON_METRIC_PREFIXES`): their keys are
+    left out, and records left with no metric are skipped.
+    """
+    for record in reversed(records):
+        if 'loss' in record or 'lr' in record:
+            continue
+        metrics = {k: v for k, v in record.items()
+                   if k != 'step' and not k.startswith(NON_METRIC_PREFIXES)}
+        if metrics:
+            return metrics
+    return {}
+
+
 def summarize_run(work_dir: str) -> Dict[str, float]:
     """First and last logged training loss and the last validation metrics.
 
@@ -46,9 +69,7 @@ def summarize_run(work_dir: str) -> Dict[str, float]:
     summary = dict(loss_first=train[0]['loss'], loss_last=train[-1]['loss'],
                    iter_first=train[0].get('iter', train[0].get('step')),
                    iter_last=train[-1].get('iter', train[-1].get('step')))
-    val = [r for r in records if 'loss' not in r and 'lr' not in r]
-    if val:
-        summary.update({k: v for k, v in val[-1].items() if k != 'step'})
+    summary.update(validation_metrics(records))
     return summary
 
 

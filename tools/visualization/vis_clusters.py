@@ -1,0 +1,14 @@
+"""Cluster maps of an FEC model on one image (README, "Cluster maps").
+
+    python tools/visualization/vis_clusters.py IMG CONFIG [CHECKPOINT] \
+        [--arch A] [--stage S ...] [--block STAGE.BLOCK ...] [--head H ...] \
+        [--groups K] [--merge-feature {pooled,final,conv_f}] [--alpha A] \
+        [--out-dir DIR] [--device D] [--cfg-options ...] [--json]
+    python tools/visualization/vis_clusters.py IMG --arch small [CHECKPOINT]
+
+The logic is fec_mm.visualization.cli.
+"""
+from fec_mm.visualization.cli import main
+
+if __name__ == '__main__':
+    raise SystemExit(main())
