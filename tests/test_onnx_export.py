@@ -246,3 +246,36 @@ def test_exported_group_norm_is_accurate_on_large_groups():
     with torch.no_grad():
         truth = norm.double()(x.double())
     assert (torch.from_numpy(out).double() - truth).abs().max() < 1e-5
+
+
+CLS_DEMO = str(REPO / 'configs/demo/fec_cls_demo.py')
+
+
+def test_classifier_with_checkpoint(tmp_path):
+    """mmpretrain classifier, whole model, weights from a checkpoint file: the
+    export computes the checkpoint's scores, not the config's initial ones."""
+    from fec_mm.deployment import build_model
+    model = build_model(CLS_DEMO)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ckpt = tmp_path / 'cls.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, ckpt)
+    out = tmp_path / 'cls.onnx'
+    result = export_config(CLS_DEMO, str(ckpt), (64, 64), batch=2, out=str(out),
+                           verify=True)
+    assert result.part == 'model'
+    assert_parity(result.reports[0])
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    scores = onnxruntime_session(out.read_bytes()).run(None, {'input': x.numpy()})[0]
+    with torch.no_grad():
+        expected = model.eval()(x, mode='tensor')
+    assert scores.shape == (2, 3)
+    torch.testing.assert_close(torch.from_numpy(scores), expected, rtol=0, atol=1e-4)
+    # A checkpoint of another model is refused, naming the file; nothing written.
+    other = tmp_path / 'other.pth'
+    torch.save({'state_dict': {'unrelated.weight': torch.zeros(1)}}, other)
+    with pytest.raises(ValueError, match='other.pth shares no weight'):
+        export_config(CLS_DEMO, str(other), (64, 64), out=str(tmp_path / 'x.onnx'))
+    assert sorted(os.listdir(tmp_path)) == ['cls.onnx', 'cls.pth', 'other.pth']

@@ -26,6 +26,9 @@ class ParityReport:
         atol (float): That tolerance.
         assignments_equal (float): Share of recorded assignment indices that
             are equal (nan when the model has no clustering layer).
+        indices_differing (int): How many assignment indices differ, of
+            ``indices_total``.
+        indices_total (int): Recorded assignment indices compared.
         layers_differing (list[str]): Clustering layers with any index differing.
     """
     shape: tuple
@@ -34,6 +37,8 @@ class ParityReport:
     within_atol: float
     atol: float
     assignments_equal: float
+    indices_differing: int = 0
+    indices_total: int = 0
     layers_differing: List[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -44,8 +49,9 @@ class ParityReport:
         if not np.isnan(self.assignments_equal):
             text += f', {100 * self.assignments_equal:.3f}% of assignments equal'
             if self.layers_differing:
-                text += f' (differing in {len(self.layers_differing)} layers, first ' \
-                        f'{self.layers_differing[0]})'
+                text += (f' ({self.indices_differing} of {self.indices_total:,} differ, in '
+                         f'{len(self.layers_differing)} layers, first '
+                         f'{self.layers_differing[0]})')
         return text
 
 
@@ -94,7 +100,7 @@ def compare(ort_outputs: Sequence[np.ndarray], torch_outputs: Sequence[Tensor],
         max_abs_value=float(np.concatenate(values).max()),
         within_atol=float((err <= atol).mean()), atol=atol,
         assignments_equal=equal / total if total else float('nan'),
-        layers_differing=differing)
+        indices_differing=total - equal, indices_total=total, layers_differing=differing)
 
 
 def check_parity(session, module: torch.nn.Module, x: Tensor, num_features: int,

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--verify', action='store_true',
                         help='run ONNX Runtime and print the max error and the assignment '
                         'agreement with PyTorch')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of the initial weights (without a checkpoint) and of '
+                        'the --verify inputs')
     parser.add_argument('--atol', type=float, default=1e-4,
                         help='tolerance of the elementwise comparison of --verify')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -91,7 +94,7 @@ def export_config(config: str, checkpoint: Optional[str], shape: Sequence[int], 
                   batch: int = 1, part: str = 'auto', dynamic_batch: bool = False,
                   dynamic_shape: bool = False, opset: int = DEFAULT_OPSET,
                   out: Optional[str] = None, verify: bool = False, atol: float = 1e-4,
-                  cfg_options: Optional[dict] = None) -> ExportResult:
+                  seed: int = 0, cfg_options: Optional[dict] = None) -> ExportResult:
     """Export the config's model (see :mod:`fec_mm.deployment.model_parts`).
 
     With ``verify``, the graph is exported with the assignment index of every
@@ -105,7 +108,11 @@ def export_config(config: str, checkpoint: Optional[str], shape: Sequence[int], 
         fec_mm.deployment.onnx_export.ExportError: The export failed.
     """
     check_opset(opset)
-    model = build_model(config, checkpoint, cfg_options)
+    # Seeded initial weights, so that a run without checkpoint repeats; the
+    # caller's random state is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(config, checkpoint, cfg_options)
     module, part = export_part(model, part)
     divisor = size_divisor(module)
     check_shape(shape, batch, divisor)
@@ -114,7 +121,7 @@ def export_config(config: str, checkpoint: Optional[str], shape: Sequence[int], 
     if not osp.isdir(osp.dirname(osp.abspath(out))):
         raise FileNotFoundError(f'output folder does not exist: {osp.dirname(out)}')
 
-    x = example_input(batch, *shape)
+    x = example_input(batch, *shape, seed=seed)
     with_assignments = verify and bool(clustering_layers(module))
     traced = WithAssignments(module) if with_assignments else module
     with torch.no_grad():
@@ -136,7 +143,7 @@ def export_config(config: str, checkpoint: Optional[str], shape: Sequence[int], 
             shapes.append(example_input(batch + 1 if dynamic_batch else batch,
                                         shape[0] + divisor if dynamic_shape else shape[0],
                                         shape[1] + 2 * divisor if dynamic_shape else shape[1],
-                                        seed=1))
+                                        seed=seed + 1))
         for inp in shapes:
             result.reports.append(check_parity(session, traced, inp, num_features, names, atol))
         if with_assignments:  # cutting the extra outputs must not change the rest
@@ -157,7 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             args.config, args.checkpoint, args.shape, batch=args.batch, part=args.part,
             dynamic_batch=args.dynamic_batch, dynamic_shape=args.dynamic_shape,
             opset=args.opset, out=args.out, verify=args.verify, atol=args.atol,
-            cfg_options=args.cfg_options)
+            seed=args.seed, cfg_options=args.cfg_options)
     except (FileNotFoundError, ValueError, ExportError, CheckpointError) as e:
         parser.exit(1, f'{parser.prog}: error: {e}\n')  # nothing was written
     print(f'exported {result.part} ({result.num_outputs} outputs) to {result.path}')
