@@ -4,9 +4,10 @@
 with opset >= 18. While it traces, the clustering ops and the center pooling
 run their export formulation (:mod:`fec_mm.ops.export`), so the graph holds
 only standard ONNX ops; :func:`check_standard_ops` proves it for every export.
-GroupNorms are exported with short reductions
-(:mod:`fec_mm.deployment.group_norm`): ONNX Runtime's one-pass float32 sums
-over FEC's one-group norms lose ~1e-4 at detection shapes.
+Two kinds of module are swapped for exporting (:mod:`fec_mm.deployment.rewrites`):
+GroupNorms (ONNX Runtime's one-pass float32 sums over FEC's one-group norms
+lose ~1e-4 at detection shapes) and mmseg's integer-factor Upsample (its
+float size arithmetic became a constant in dynamic-shape exports).
 """
 import os
 import os.path as osp
@@ -19,7 +20,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..checkpoints.atomic_save import fsync_replace
-from .group_norm import with_export_group_norms
+from .rewrites import for_export
 
 MIN_OPSET = 18
 DEFAULT_OPSET = 18
@@ -96,7 +97,7 @@ def export_onnx(module: nn.Module, example: Tensor, opset: int = DEFAULT_OPSET,
             :data:`ALLOWED_OPS`.
     """
     check_opset(opset)
-    module = with_export_group_norms(module)
+    module = for_export(module)
     example = tracing_example(example, dynamic_batch, dynamic_shape, divisor)
     dynamic = dynamic_shapes_for(example, dynamic_batch, dynamic_shape, divisor)
     try:

@@ -100,12 +100,14 @@ def export_config(config: str, checkpoint: Optional[str], shape: Sequence[int], 
     With ``verify``, the graph is exported with the assignment index of every
     clustering layer as extra outputs, compared with PyTorch under ONNX
     Runtime (at the export shape, and for a dynamic export also at a second
-    shape), and the extra outputs are cut off before saving.
+    shape), and the extra outputs are cut off before saving. A comparison
+    that fails :attr:`ParityReport.passed` raises: no file is written.
 
     Raises:
         FileNotFoundError: Config, checkpoint or output folder missing.
         ValueError: Bad shape / opset, a part the model cannot export.
-        fec_mm.deployment.onnx_export.ExportError: The export failed.
+        fec_mm.deployment.onnx_export.ExportError: The export failed, or
+            ``verify`` found ONNX Runtime disagreeing with PyTorch.
     """
     check_opset(opset)
     # Seeded initial weights, so that a run without checkpoint repeats; the
@@ -146,6 +148,11 @@ def export_config(config: str, checkpoint: Optional[str], shape: Sequence[int], 
                                         seed=seed + 1))
         for inp in shapes:
             result.reports.append(check_parity(session, traced, inp, num_features, names, atol))
+        failed = [r.summary() for r in result.reports if not r.passed]
+        if failed:
+            raise ExportError('ONNX Runtime disagrees with PyTorch (needs >= 99.9% of elements '
+                              'within atol and of assignments equal); nothing written: '
+                              + '; '.join(failed))
         if with_assignments:  # cutting the extra outputs must not change the rest
             full = run_session(session, x)[:num_features]
             cut = run_session(onnxruntime_session(final.SerializeToString()), x)
