@@ -78,8 +78,11 @@ def regional_to_global(index: Tensor, layout: Tuple[int, ...],
     idx = index.reshape(B, heads, fold, fold, h, w)
     fy = torch.arange(fold, device=idx.device).view(1, 1, fold, 1, 1, 1)
     fx = fy.view(1, 1, 1, fold, 1, 1)
-    rows = fy * mh + idx // mw
-    cols = fx * mw + idx % mw
+    row_in_region = idx // mw
+    rows = fy * mh + row_in_region
+    # Not `idx % mw`: the ONNX exporter only translates a remainder by a
+    # constant, and mw is symbolic in an export with dynamic H, W.
+    cols = fx * mw + (idx - row_in_region * mw)
     gid = rows * (fold * mw) + cols
     return gid.permute(0, 1, 2, 4, 3, 5).reshape(B, heads, fold * h, fold * w)
 

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops import cluster_encode
+from ..ops import center_pool, cluster_encode
 from .region_partition import map_to_points, points_to_map
 
 
@@ -50,9 +50,9 @@ class ClusterEncoder(nn.Module):
         values, _ = map_to_points(self.v(x), self.heads, self.fold)
         _, _, d, _, h, w = layout
         size = (self.num_centers, self.num_centers)
-        centers = F.adaptive_avg_pool2d(
+        centers = center_pool(
             points.transpose(1, 2).reshape(-1, d, h, w), size).flatten(2).transpose(1, 2)
-        value_centers = F.adaptive_avg_pool2d(
+        value_centers = center_pool(
             values.transpose(1, 2).reshape(-1, d, h, w), size).flatten(2).transpose(1, 2)
         if self.recorder is None:
             out = cluster_encode(points, values, centers, value_centers,

@@ -5,6 +5,8 @@ Kept free of OpenMMLab imports so that the kernels can be tested on a machine
 that has only torch (and Triton).
 """
 from .cluster_ops import IMPLS, cluster_assign, cluster_encode, cluster_pool
+from .export import center_pool
 from .mlp import channel_mlp
 
-__all__ = ['IMPLS', 'channel_mlp', 'cluster_assign', 'cluster_encode', 'cluster_pool']
+__all__ = ['IMPLS', 'center_pool', 'channel_mlp', 'cluster_assign', 'cluster_encode',
+           'cluster_pool']

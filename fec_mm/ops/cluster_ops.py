@@ -13,6 +13,11 @@ Every function takes ``impl='auto'|'reference'|'cpu'|'triton'``:
 
 The fused ones are ``torch.library`` custom ops with autograd and fake
 implementations (``library.py``), so ``torch.compile`` keeps them in one graph.
+
+While ``torch.onnx.export`` traces, every ``impl`` runs the export
+formulation of ``export.py`` instead (the same maths in standard ONNX ops):
+no exporter knows the custom ops, and the reference's ``index_add`` has no
+faithful ONNX translation.
 """
 import importlib.util
 import os
@@ -21,7 +26,7 @@ from typing import Callable, Dict, Tuple
 import torch
 from torch import Tensor
 
-from . import cpu, reference
+from . import cpu, export, reference
 from .library import OPS
 from .reference import chosen_cosine
 
@@ -126,6 +131,8 @@ def cluster_assign(points: Tensor, centers: Tensor, impl: str = 'auto') -> Tuple
         and cos (R, N), the similarity to the chosen center.
     """
     _check_inputs('cluster_assign', points, centers)
+    if export.is_exporting():
+        return export.cluster_assign_export(points, centers)
     return resolve_impl('cluster_assign', impl, points.device.type, points.dtype)(points, centers)
 
 
@@ -152,6 +159,9 @@ def cluster_encode(points: Tensor, values: Tensor, centers: Tensor, value_center
                   ('value_centers', value_centers))
     _check_scalar('cluster_encode', 'alpha', alpha, points)
     _check_scalar('cluster_encode', 'beta', beta, points)
+    if export.is_exporting():
+        return export.cluster_encode_export(points, values, centers, value_centers, alpha,
+                                            beta, return_assignment=return_assignment)
     fn = resolve_impl('cluster_encode', impl, points.device.type, points.dtype)
     return fn(points, values, centers, value_centers, alpha, beta,
               return_assignment=return_assignment)
@@ -175,6 +185,9 @@ def cluster_pool(points: Tensor, values: Tensor, centers: Tensor, value_centers:
     """
     _check_inputs('cluster_pool', points, centers, ('values', values),
                   ('value_centers', value_centers))
+    if export.is_exporting():
+        return export.cluster_pool_export(points, values, centers, value_centers,
+                                          return_assignment=return_assignment)
     fn = resolve_impl('cluster_pool', impl, points.device.type, points.dtype)
     if not return_assignment:
         return fn(points, values, centers, value_centers)

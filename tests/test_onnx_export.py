@@ -1,0 +1,288 @@
+"""ONNX export (fec_mm.deployment): ONNX Runtime vs PyTorch, elementwise and
+assignment by assignment, for the FEC backbone, a Semantic FPN demo model and
+a detector's backbone + FPN; the graph's ops; bad inputs.
+
+onnx / onnxruntime / onnxscript are pinned in requirements.txt (CI installs
+them); without them these tests skip.
+"""
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+onnx = pytest.importorskip('onnx', reason='onnx is not installed (pip install -r '
+                           'requirements.txt)')
+pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (pip install -r '
+                    'requirements.txt)')
+pytest.importorskip('onnxscript', reason='onnxscript (the dynamo exporter\'s translator) '
+                    'is not installed (pip install -r requirements.txt)')
+
+from demo_config_helpers import one_torch_thread  # noqa: E402,F401  (autouse fixture)
+
+from fec_mm.deployment import (  # noqa: E402
+    ALLOWED_OPS,
+    ExportError,
+    WithAssignments,
+    check_parity,
+    check_standard_ops,
+    export_config,
+    export_onnx,
+    onnxruntime_session,
+)
+from fec_mm.deployment.onnx_export import graph_ops, keep_outputs, save_onnx  # noqa: E402
+from fec_mm.deployment.pytorch2onnx import main  # noqa: E402
+from fec_mm.models import FEC  # noqa: E402
+from fec_mm.ops import cluster_encode, cluster_pool  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SEMFPN_DEMO = str(REPO / 'configs/demo/fec_semfpn_demo.py')
+MASKRCNN_DEMO = str(REPO / 'configs/demo/fec_maskrcnn_demo.py')
+MIN_SHARE = 0.999
+
+
+def assert_parity(report) -> None:
+    assert report.within_atol >= MIN_SHARE, report.summary()
+    assert report.assignments_equal >= MIN_SHARE, report.summary()
+    assert report.passed
+
+
+def assert_standard(proto) -> None:
+    check_standard_ops(proto)
+    ops = graph_ops(proto)
+    assert all(domain == '' for domain, _ in ops), ops
+    assert not any(op.startswith('Scatter') for _, op in ops), ops
+    assert {op for _, op in ops} <= ALLOWED_OPS
+
+
+@pytest.fixture(scope='module')
+def backbone_export():
+    """FEC-Small (segmentation centers: 10 per side, non-divisible grids),
+    exported once with dynamic batch and H, W, with the assignments as outputs."""
+    torch.manual_seed(0)
+    backbone = FEC('small', num_centers=(10, 10, 5, 5)).eval()
+    wrapped = WithAssignments(backbone)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        outs = wrapped(x)
+    proto = export_onnx(wrapped, x, dynamic_batch=True, dynamic_shape=True,
+                        divisor=backbone.size_divisor)
+    return wrapped, proto, len(outs) - len(wrapped.names), list(wrapped.names)
+
+
+@pytest.mark.parametrize('shape', [(2, 224, 224), (2, 256, 384), (1, 224, 224)])
+def test_backbone_parity(backbone_export, shape):
+    wrapped, proto, num_features, names = backbone_export
+    assert num_features == 4 and len(names) == 3 + sum(FEC.arch_settings['small']['depths'])
+    session = onnxruntime_session(proto.SerializeToString())
+    x = torch.randn(*shape[:1], 3, *shape[1:], generator=torch.Generator().manual_seed(1))
+    report = check_parity(session, wrapped, x, num_features, names)
+    assert_parity(report)
+    assert not report.layers_differing, report.summary()
+
+
+def test_backbone_graph_has_only_standard_ops(backbone_export):
+    _, proto, num_features, _ = backbone_export
+    assert_standard(proto)
+    assert {'ArgMax', 'MatMul', 'Equal'} <= {op for _, op in graph_ops(proto)}
+    for node in proto.graph.node:
+        if node.op_type == 'ArgMax':  # first maximum: the spec's ties
+            attrs = {a.name: a.i for a in node.attribute}
+            assert attrs.get('select_last_index', 0) == 0
+    cut = keep_outputs(proto, num_features)
+    assert len(cut.graph.output) == num_features
+    onnx.checker.check_model(cut)
+
+
+def test_check_standard_ops_rejects_scatter_and_custom_domains():
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info('x', TensorProto.FLOAT, [4])
+    i = helper.make_tensor_value_info('i', TensorProto.INT64, [4])
+    y = helper.make_tensor_value_info('y', TensorProto.FLOAT, [4])
+    scatter = helper.make_node('ScatterElements', ['x', 'i', 'x'], ['y'], reduction='add')
+    model = helper.make_model(helper.make_graph([scatter], 'g', [x, i], [y]))
+    with pytest.raises(ExportError, match='ScatterElements'):
+        check_standard_ops(model)
+    custom = helper.make_node('cluster_encode_cpu', ['x'], ['y'], domain='fec_mm')
+    model = helper.make_model(helper.make_graph([custom], 'g', [x], [y]))
+    with pytest.raises(ExportError, match='fec_mm::cluster_encode_cpu'):
+        check_standard_ops(model)
+
+
+class OpsModule(nn.Module):
+    """The two public ops on given tensors, for an ONNX Runtime run of exact ties."""
+
+    def forward(self, points, values, centers, value_centers):
+        a, b = torch.ones(1), torch.zeros(1)
+        out, index, _ = cluster_encode(points, values, centers, value_centers, a, b,
+                                       impl='cpu', return_assignment=True)
+        pooled, pindex, _ = cluster_pool(points, values, centers, value_centers, impl='cpu',
+                                         return_assignment=True)
+        return out, index, pooled, pindex
+
+
+def test_onnxruntime_keeps_first_maximum_on_ties():
+    """Duplicated centers and zero points (exact ties): ONNX Runtime's ArgMax
+    picks the lowest index, as the reference does."""
+    from test_export_ops import tied_inputs
+
+    from fec_mm.ops import reference
+    args = tied_inputs(3, 40, 7, 8, torch.float32, seed=0)
+    with torch.no_grad():
+        program = torch.onnx.export(OpsModule(), args, dynamo=True, opset_version=18,
+                                    verbose=False)
+    proto = program.model_proto
+    assert_standard(proto)
+    session = onnxruntime_session(proto.SerializeToString())
+    names = [i.name for i in session.get_inputs()]
+    out, index, pooled, pindex = session.run(None, dict(zip(names, (t.numpy() for t in args))))
+    a, b = torch.ones(1), torch.zeros(1)
+    ref, ref_index, _ = reference.cluster_encode_reference(*args, a, b, return_assignment=True)
+    ref_pool, ref_pindex = reference.cluster_pool_reference(*args, return_assignment=True)
+    assert (index == ref_index.numpy()).all() and (pindex == ref_pindex.numpy()).all()
+    assert (index[:, 1::7] == 0).all()
+    torch.testing.assert_close(torch.from_numpy(out), ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(pooled), ref_pool, rtol=0, atol=1e-5)
+
+
+def test_semantic_fpn_demo_model(tmp_path):
+    """Whole model, dynamic H, W: checked at the export shape and at another
+    (mmseg's float-size Upsample had made the traced size a constant)."""
+    out = tmp_path / 'semfpn.onnx'
+    result = export_config(SEMFPN_DEMO, None, (128, 128), out=str(out), verify=True,
+                           dynamic_shape=True)
+    assert result.part == 'model' and result.num_outputs == 1
+    assert len(result.reports) == 2 and result.reports[1].shape == (1, 3, 160, 192)
+    for report in result.reports:
+        assert_parity(report)
+    proto = onnx.load(str(out))
+    assert_standard(proto)
+    assert len(proto.graph.output) == 1  # the assignment outputs were cut off
+    assert os.listdir(tmp_path) == ['semfpn.onnx']
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[:2]] == [1, 4]  # logits of the 4 demo classes
+    assert all(d.dim_param for d in dims[2:])  # at the (free) input size
+
+
+def test_detector_backbone_and_fpn(tmp_path):
+    """Mask R-CNN demo (centers 7, folds 2: non-divisible grids), backbone +
+    FPN, dynamic batch: checked at the export shape and at another batch."""
+    out = tmp_path / 'det.onnx'
+    result = export_config(MASKRCNN_DEMO, None, (128, 160), out=str(out), verify=True,
+                           dynamic_batch=True)
+    assert result.part == 'neck' and result.num_outputs == 5
+    assert len(result.reports) == 2 and result.reports[1].shape[0] == 2
+    for report in result.reports:
+        assert_parity(report)
+    assert_standard(onnx.load(str(out)))
+
+
+def test_whole_detector_is_refused_with_mmdeploy_hint(tmp_path):
+    out = tmp_path / 'det.onnx'
+    with pytest.raises(ValueError, match='mmdeploy'):
+        export_config(MASKRCNN_DEMO, None, (128, 160), part='model', out=str(out))
+    assert not os.listdir(tmp_path)
+
+
+def test_bad_inputs_name_the_problem_and_write_nothing(tmp_path, capsys):
+    out = str(tmp_path / 'x.onnx')
+    with pytest.raises(FileNotFoundError, match='checkpoint not found: .*missing.pth'):
+        export_config(SEMFPN_DEMO, str(tmp_path / 'missing.pth'), (128, 128), out=out)
+    with pytest.raises(ValueError, match='size divisor 32'):
+        export_config(SEMFPN_DEMO, None, (128, 100), out=out)
+    with pytest.raises(ValueError, match='opset must be an int >= 18'):
+        export_config(SEMFPN_DEMO, None, (128, 128), opset=11, out=out)
+    with pytest.raises(FileNotFoundError, match='config not found'):
+        export_config(str(tmp_path / 'nope.py'), None, (128, 128), out=out)
+    with pytest.raises(SystemExit) as exit_info:
+        main([SEMFPN_DEMO, '--shape', '96', '100', '--out', out])
+    assert exit_info.value.code == 1
+    assert re.search(r'error: --shape 96 100: .*size divisor 32, e.g. 96 128',
+                     capsys.readouterr().err)
+    assert not os.listdir(tmp_path)
+
+
+def test_save_leaves_no_partial_file(tmp_path, monkeypatch):
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info('x', TensorProto.FLOAT, [4])
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node('Relu', ['x'], ['y'])], 'g', [x],
+        [helper.make_tensor_value_info('y', TensorProto.FLOAT, [4])]))
+    target = tmp_path / 'm.onnx'
+    target.write_bytes(b'old')
+
+    def broken_save(proto, path):
+        Path(path).write_bytes(b'half')
+        raise OSError('disk full')
+
+    monkeypatch.setattr(onnx, 'save', broken_save)
+    with pytest.raises(OSError, match='disk full'):
+        save_onnx(model, str(target))
+    assert target.read_bytes() == b'old' and os.listdir(tmp_path) == ['m.onnx']
+    monkeypatch.undo()
+    save_onnx(model, str(target))
+    assert onnx.load(str(target)).graph.node[0].op_type == 'Relu'
+
+
+@pytest.mark.parametrize('groups,channels', [(1, 32), (4, 64), (32, 64)])
+def test_export_group_norm_matches_group_norm(groups, channels):
+    from fec_mm.deployment.rewrites import ExportGroupNorm, for_export
+    norm = nn.GroupNorm(groups, channels).double()
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    x = torch.randn(2, channels, 9, 13, dtype=torch.float64) * 3 + 5
+    torch.testing.assert_close(ExportGroupNorm(norm)(x), norm(x), rtol=0, atol=1e-10)
+    seq = nn.Sequential(nn.Conv2d(channels, channels, 1), norm).double()
+    swapped = for_export(seq)
+    assert isinstance(swapped[1], ExportGroupNorm) and isinstance(seq[1], nn.GroupNorm)
+    torch.testing.assert_close(swapped(x), seq(x), rtol=0, atol=1e-10)
+
+
+def test_exported_group_norm_is_accurate_on_large_groups():
+    """FEC's one-group norm at the detection shape (32 x 200 x 336 values per
+    group): ONNX Runtime's InstanceNormalization was 1.9e-4 off float64."""
+    norm = nn.GroupNorm(1, 32).eval()
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    x = torch.randn(1, 32, 200, 336, generator=torch.Generator().manual_seed(0)) * 3 + 5
+    proto = export_onnx(norm, x)
+    assert 'InstanceNormalization' not in {op for _, op in graph_ops(proto)}
+    out = onnxruntime_session(proto.SerializeToString()).run(None, {'input': x.numpy()})[0]
+    with torch.no_grad():
+        truth = norm.double()(x.double())
+    assert (torch.from_numpy(out).double() - truth).abs().max() < 1e-5
+
+
+CLS_DEMO = str(REPO / 'configs/demo/fec_cls_demo.py')
+
+
+def test_classifier_with_checkpoint(tmp_path):
+    """mmpretrain classifier, whole model, weights from a checkpoint file: the
+    export computes the checkpoint's scores, not the config's initial ones."""
+    from fec_mm.deployment import build_model
+    model = build_model(CLS_DEMO)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ckpt = tmp_path / 'cls.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, ckpt)
+    out = tmp_path / 'cls.onnx'
+    result = export_config(CLS_DEMO, str(ckpt), (64, 64), batch=2, out=str(out),
+                           verify=True)
+    assert result.part == 'model'
+    assert_parity(result.reports[0])
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    scores = onnxruntime_session(out.read_bytes()).run(None, {'input': x.numpy()})[0]
+    with torch.no_grad():
+        expected = model.eval()(x, mode='tensor')
+    assert scores.shape == (2, 3)
+    torch.testing.assert_close(torch.from_numpy(scores), expected, rtol=0, atol=1e-4)
+    # A checkpoint of another model is refused, naming the file; nothing written.
+    other = tmp_path / 'other.pth'
+    torch.save({'state_dict': {'unrelated.weight': torch.zeros(1)}}, other)
+    with pytest.raises(ValueError, match='other.pth shares no weight'):
+        export_config(CLS_DEMO, str(other), (64, 64), out=str(tmp_path / 'x.onnx'))
+    assert sorted(os.listdir(tmp_path)) == ['cls.onnx', 'cls.pth', 'other.pth']
