@@ -23,7 +23,7 @@ Figures, batch 1, float32, random weights and input:
   resident before it: CPU, the process's peak RSS after resetting it
   (``/proc/self/clear_refs``; growth of ``ru_maxrss`` where that is not
   writable) with a fixed glibc mmap threshold so that freed memory is not
-  silently reused (``benchmark_ops.PeakMemory``; tracemalloc does not see
+  silently reused (``fec_mm.measure.PeakMemory``; tracemalloc does not see
   torch's allocations); CUDA, ``torch.cuda.max_memory_allocated``;
 - GFLOPs of one forward (multiply-adds, mmengine's counter with FEC's ops,
   ``fec_mm.analysis``); achieved GFLOP/s as a fraction of this machine's
@@ -57,8 +57,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_ops import _measure  # noqa: E402  (peak memory: its PeakMemory)
+from fec_mm.measure import measure_step
 
 # name -> (library, constructor arguments); FEC's num_centers/folds come from
 # the size (fec_settings).
@@ -170,8 +169,8 @@ def figure(spec: dict) -> dict:
     step = _step(spec, size)
     warmup = _step(spec, (64, 64))
     if kind == 'memory':
-        return _measure(step, warmup, device, 'memory', 1)
-    return _measure(step, warmup, device, 'time', spec['repeat'], spec['min_time'])
+        return measure_step(step, warmup, device, 'memory', 1)
+    return measure_step(step, warmup, device, 'time', spec['repeat'], spec['min_time'])
 
 
 def _child(spec: dict, conn) -> None:

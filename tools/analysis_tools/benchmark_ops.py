@@ -51,14 +51,13 @@ Example (the README table)::
 import argparse
 import json
 import os
-import resource
-import statistics
 import subprocess
 import sys
-import time
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
+
+from fec_mm.measure import measure_step
 
 SETTINGS = {
     'cls': dict(size=(224, 224), num_centers=(4, 4, 2, 2), folds=(1, 1, 1, 1)),
@@ -90,68 +89,6 @@ def op_calls(setting: str, batch: int = 1) -> List[Tuple[str, Tuple[int, int, in
 
 
 # ------------------------------------------------------------------ worker side
-def _rss_mb(field: str) -> float:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f'{field} not in /proc/self/status')
-
-
-class PeakMemory:
-    """Peak memory of a block of code beyond what was in use before it, in MiB."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-
-    def __enter__(self):
-        if self.device == 'cuda':
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.before = torch.cuda.memory_allocated() / 2**20
-            return self
-        self.before = _rss_mb('VmRSS')
-        try:
-            with open('/proc/self/clear_refs', 'w') as f:
-                f.write('5')
-            self.reset = True
-        except OSError:
-            self.reset = False
-            self.maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device == 'cuda':
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() / 2**20 - self.before
-        elif self.reset:
-            self.peak = _rss_mb('VmHWM') - self.before
-        else:
-            maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            self.peak = max(maxrss, self.before) - max(self.maxrss_before, self.before)
-
-
-def _measure(step, warmup, device: str, what: str, repeat: int,
-             min_time: float = 1.0) -> Dict[str, float]:
-    """Peak memory of one step (``what='memory'``) or its time (``'time'``)."""
-    warmup()  # small shapes: loads the extension, starts threads, compiles kernels
-    if what == 'memory':
-        with PeakMemory(device) as mem:
-            step()
-        return dict(peak_mb=mem.peak)
-    step()
-    times: List[float] = []
-    while len(times) < repeat or (sum(times) < min_time and len(times) < 50):
-        if device == 'cuda':
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device == 'cuda':
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return dict(time_s=min(times), median_s=statistics.median(times))
-
-
 def _op_step(op: str, shape, impl: str, device: str, dtype: torch.dtype):
     from fec_mm import ops
     R, N, M, d = shape
@@ -208,7 +145,7 @@ def worker(spec: dict) -> dict:
         step = _backbone_step(spec['setting'], spec['impl'], spec['device'], dtype)
         warmup = _backbone_step(spec['setting'], spec['impl'], spec['device'], dtype,
                                 size=(64, 64))
-    return _measure(step, warmup, spec['device'], spec['what'], spec['repeat'])
+    return measure_step(step, warmup, spec['device'], spec['what'], spec['repeat'])
 
 
 # ------------------------------------------------------------------ parent side
