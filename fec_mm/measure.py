@@ -10,7 +10,7 @@ reset. On CUDA it is ``torch.cuda.max_memory_allocated``.
 import resource
 import statistics
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import torch
 
@@ -78,3 +78,16 @@ def measure_step(step, warmup, device: str, what: str, repeat: int,
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return dict(time_s=min(times), median_s=statistics.median(times))
+
+
+def best_time(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
+    """Fastest wall time of ``fn()`` in seconds over ``repeat`` runs, after
+    ``warmup`` untimed calls (CPU timings: no device synchronisation)."""
+    for _ in range(warmup):
+        fn()
+    times: List[float] = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)

@@ -5,12 +5,11 @@ must be set before Triton is imported, so ``test_triton_under_the_interpreter``
 re-runs the check in a fresh interpreter, as tests/test_ops_triton.py does)."""
 import importlib.util
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from triton_interpreter import rerun_under_interpreter
 
 from fec_mm.models import FEC, record_assignments
 from fec_mm.models.cluster_encoder import ClusterEncoder
@@ -65,13 +64,8 @@ def _region_pool(x, fold, size):
 @pytest.mark.skipif(not HAS_TRITON or INTERPRET or torch.cuda.is_available(),
                     reason='triton runs in-process (GPU), is missing, or this is the re-run')
 def test_triton_under_the_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET='1', CUDA_VISIBLE_DEVICES='')
-    result = subprocess.run(
-        [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', __file__,
-         '-k', 'test_recorded_indices_reproduce_every_layer and triton'],
-        env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    summary = result.stdout.strip().splitlines()[-1]
+    summary = rerun_under_interpreter(
+        __file__, 'test_recorded_indices_reproduce_every_layer and triton')
     assert '1 passed' in summary and 'skipped' not in summary, summary
 
 

@@ -9,11 +9,10 @@ bfloat16 wrongly, so bfloat16 is tested on a GPU only.
 """
 import importlib.util
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from triton_interpreter import rerun_under_interpreter
 
 INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 HAS_TRITON = importlib.util.find_spec('triton') is not None
@@ -25,13 +24,7 @@ kernels = pytest.mark.skipif(not RUN_KERNELS, reason='needs a GPU or TRITON_INTE
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRET, reason='already in the interpreter')
 def test_under_the_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET='1', CUDA_VISIBLE_DEVICES='')
-    result = subprocess.run(
-        [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', __file__,
-         '-k', 'not test_under_the_interpreter'],
-        env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    summary = result.stdout.strip().splitlines()[-1]
+    summary = rerun_under_interpreter(__file__, 'not test_under_the_interpreter')
     assert ' passed' in summary and 'skipped' not in summary, summary
 
 

@@ -21,13 +21,13 @@ Example (the README table)::
     python tools/analysis_tools/benchmark_onnx.py --settings cls seg
 """
 import argparse
-import time
 
 import torch
 
 from fec_mm.deployment import WithAssignments, check_parity, export_onnx, onnxruntime_session
 from fec_mm.deployment.onnx_export import keep_outputs
 from fec_mm.deployment.parity import run_session
+from fec_mm.measure import best_time
 from fec_mm.models import FEC
 
 SETTINGS = {
@@ -36,16 +36,9 @@ SETTINGS = {
 }
 
 
-def best_time(fn, repeat: int) -> float:
+def best_time_ms(fn, repeat: int) -> float:
     """Minimum wall time of ``fn()`` in ms over ``repeat`` runs after 2 warm-ups."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * min(times)
+    return 1000 * best_time(fn, repeat, warmup=2)
 
 
 def main() -> None:
@@ -76,8 +69,8 @@ def main() -> None:
             with torch.no_grad():
                 backbone(x)
 
-        t_torch = best_time(torch_run, args.repeat)
-        t_ort = best_time(lambda: run_session(session, x), args.repeat)
+        t_torch = best_time_ms(torch_run, args.repeat)
+        t_ort = best_time_ms(lambda: run_session(session, x), args.repeat)
         rows.append((name, cfg, t_torch, t_ort, report))
     print(f'FEC-Small backbone, batch 1, forward, {args.threads} threads, '
           f'min of {args.repeat} runs')

@@ -27,11 +27,12 @@ import os
 import platform
 import tempfile
 import time
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import torch
 from skimage import data
 
+from fec_mm.measure import best_time
 from fec_mm.models import FEC
 from fec_mm.visualization import cluster_maps
 from fec_mm.visualization.cli import IMAGENET_MEAN, IMAGENET_STD
@@ -56,16 +57,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or 'unknown CPU'
-
-
-def best_time(fn: Callable[[], object], repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def benchmark(setting: str, repeat: int) -> Dict[str, float]:
