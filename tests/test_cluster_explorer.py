@@ -354,7 +354,8 @@ def test_load_time_at_fec_small_sizes(browser, photos, tmp_path):
     x = (torch.from_numpy(rgb).permute(2, 0, 1).float() - 127.5) / 127.5
     maps = cluster_maps(backbone, x)
     path = tmp_path / 'astronaut512.html'
-    write_explorer(str(path), rgb, maps, ViewOptions(groups=6))
+    write_explorer(str(path), rgb, maps, ViewOptions(groups=6),
+                   meta=dict(image='skimage astronaut', arch='small (random weights)'))
     page = Page(browser, path, width=1500, height=1000)
     print(f'512x512 FEC-Small: {path.stat().st_size / 1e6:.2f} MB, ready in '
           f'{page.ready_ms:.0f} ms')

@@ -31,6 +31,7 @@ th { background: #eee; }
 tr.active td { background: #ffe9a8; }
 #status { color: #a00; min-height: 1.3em; }
 #help { color: #555; font-size: 12px; }
+#cls { max-width: 24em; }
 #help kbd { border: 1px solid #aaa; border-radius: 3px; padding: 0 3px; background: #fff; }
 </style>
 </head>
@@ -167,12 +168,16 @@ function paintView(v) {
   const layer = v.layer(), lab = layer.lab, data = v.odata.data;
   const sel = st.anchor >= 0 ? lab[st.anchor] : -1, colour = st.paint !== 'none';
   const limit = st.paint === 'contribution' ? classLimit() : 0;
-  for (let t = 0; t < N0; t++) {
-    let rgba;
-    if (sel >= 0 && lab[t] !== sel) rgba = DIM;
-    else if (colour) rgba = colorOf(layer, t, limit).concat([sel >= 0 ? TINT_ALPHA : 110]);
-    else rgba = [0, 0, 0, LIT_ALPHA];
-    data.set(rgba, 4 * t);
+  const alpha = sel >= 0 ? TINT_ALPHA : 110;
+  for (let t = 0, i = 0; t < N0; t++, i += 4) {
+    if (sel >= 0 && lab[t] !== sel) {
+      data[i] = DIM[0]; data[i + 1] = DIM[1]; data[i + 2] = DIM[2]; data[i + 3] = DIM[3];
+    } else if (colour) {
+      const c = colorOf(layer, t, limit);
+      data[i] = c[0]; data[i + 1] = c[1]; data[i + 2] = c[2]; data[i + 3] = alpha;
+    } else {
+      data[i] = data[i + 1] = data[i + 2] = 0; data[i + 3] = LIT_ALPHA;
+    }
   }
   v.octx.putImageData(v.odata, 0, 0);
   v.ctx.imageSmoothingEnabled = true;
@@ -226,7 +231,7 @@ function fmt(x, d) { return Number.isFinite(x) ? x.toFixed(d) : String(x); }
 
 function renderPanel() {
   const head = $('numbers').tHead, body = $('numbers').tBodies[0];
-  const cols = ['stage', 'cluster', 'size (px)', 'cos to center', 'pieces'];
+  const cols = ['layer', 'cluster', 'size (px)', 'cos to center', 'pieces'];
   if (D.groups) cols.push('merge group');
   if (D.classification) cols.push('contribution');
   head.innerHTML = '<tr>' + cols.map((c) => '<th>' + c + '</th>').join('') + '</tr>';
@@ -377,7 +382,7 @@ async function init() {
     const fig = document.createElement('figure');
     fig.dataset.stage = s.stage;
     $('chain').appendChild(fig);
-    makeView('stage' + s.stage, 170, fig, () => poolLayer(s.stage));
+    makeView('stage' + s.stage, 180, fig, () => poolLayer(s.stage));
     const cap = document.createElement('figcaption');
     cap.textContent = 'stage ' + s.stage + (s.stage === D.stages.length ? ' (final)' : '');
     fig.appendChild(cap);
