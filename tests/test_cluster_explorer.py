@@ -327,21 +327,21 @@ def test_explorer_in_chromium(browser, classifier, tmp_path):
     t = (y // 4) * page.stem[1] + x // 4
     r, g, b, a = page.js(f'window.__explorer.overlayRGBA("main", {t})')
     assert a < 128 and (r == 255 if c[second, fid] > 0 else b == 255)
-    # The mixer view: block 1.0 (index 3 of 14), head 2.
+    # The mixer view: block 1.0 (index 3 of 14), head 2; block 0.1, head 1.
     page.page.select_option('#view', 'enc')
-    page.page.select_option('#block', '3')
-    page.page.select_option('#head', '2')
-    x, y = 90, 140
-    page.hover(x, y)
-    on_grid, on_pixels = maps.head_maps(1, 0)
-    centers = on_pixels[0, 2].numpy()
-    members = centers == centers[y, x]
-    assert np.array_equal(page.lit('main'), members)
-    cells = page.panel()['block3_2']['cells']
-    record = maps.encoder(1, 0)
-    token = int(maps.stem_maps[1][0, y // 4, x // 4])
-    assert int(cells[1]) == centers[y, x] and int(cells[2]) == members.sum()
-    assert float(cells[3]) == pytest.approx(float(record.cos[0, 2].flatten()[token]), abs=1e-4)
+    for index, (s, j, h, x, y) in [(3, (1, 0, 2, 90, 140)), (1, (0, 1, 1, 223, 5))]:
+        page.page.select_option('#block', str(index))
+        page.page.select_option('#head', str(h))
+        page.hover(x, y)
+        centers = maps.head_maps(s, j)[1][0, h].numpy()
+        members = centers == centers[y, x]
+        assert np.array_equal(page.lit('main'), members)
+        cells = page.panel()[f'block{index}_{h}']['cells']
+        token = int(maps.stem_maps[s][0, y // 4, x // 4])
+        cos = float(maps.encoder(s, j).cos[0, h].flatten()[token])
+        assert int(cells[1]) == centers[y, x] and int(cells[2]) == members.sum()
+        assert float(cells[3]) == pytest.approx(cos, abs=1e-4)
+        assert int(cells[4]) == label(members, background=0, connectivity=1).max()
     page.check_clean()
     page.close()
 
