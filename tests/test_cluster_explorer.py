@@ -5,7 +5,7 @@ Playwright; ``make test`` installs both, see tools/setup_env.sh): hovering,
 clicking, choosing a cluster, stepping stages with the keyboard, the mixer
 view and the class selector, each compared with what Python computes from
 the same :class:`ClusterMaps`; no console error, no network request; load
-time at FEC-Small's sizes and file size at detection size."""
+file size at detection size (load time: benchmark_explorer.py)."""
 import json
 import os
 import re
@@ -346,8 +346,10 @@ def test_explorer_in_chromium(browser, classifier, tmp_path):
     page.close()
 
 
-def test_load_time_at_fec_small_sizes(browser, photos, tmp_path):
-    """512x512 with FEC-Small (every block and head embedded): ready < 2 s."""
+def test_fec_small_512_page(browser, photos, tmp_path):
+    """512x512 with FEC-Small (every block and head embedded) opens and
+    lights the recorded chain (its load time is measured by
+    tools/analysis_tools/benchmark_explorer.py, not asserted here)."""
     torch.manual_seed(0)
     backbone = FEC(arch='small').eval()
     rgb = np.array(Image.open(photos.astronaut).convert('RGB'))
@@ -357,9 +359,6 @@ def test_load_time_at_fec_small_sizes(browser, photos, tmp_path):
     write_explorer(str(path), rgb, maps, ViewOptions(groups=6),
                    meta=dict(image='skimage astronaut', arch='small (random weights)'))
     page = Page(browser, path, width=1500, height=1000)
-    print(f'512x512 FEC-Small: {path.stat().st_size / 1e6:.2f} MB, ready in '
-          f'{page.ready_ms:.0f} ms')
-    assert page.ready_ms < 2000
     page.hover(256, 153)
     _check_chain(page, maps, 256, 153, active=1)
     page.page.keyboard.press('ArrowUp')
@@ -383,7 +382,6 @@ def test_detection_size_file(browser, photos, tmp_path):
     assert payload['image_size'] == [800, 1333] and len(payload['blocks']) == 14
     size = out.stat().st_size
     page = Page(browser, out, width=1600, height=1000)
-    print(f'800x1333 fec_maskrcnn: {size / 1e6:.2f} MB, ready in {page.ready_ms:.0f} ms')
     assert size < 10e6
     page.hover(700, 400)
     assert page.lit('main').sum() > 0
