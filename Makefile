@@ -6,10 +6,14 @@
 PY := .venv/bin/python
 MMCV ?=
 
+# TEST_BROWSER=1 (set by `make test`) adds the browser-test extra: Playwright
+# and, as root, Debian's chromium (apt-get), for the cluster explorer's tests.
+TEST_BROWSER ?= 0
+
 .PHONY: setup demo test lint
 
 setup:
-	MMCV=$(MMCV) bash tools/setup_env.sh
+	MMCV=$(MMCV) TEST_BROWSER=$(TEST_BROWSER) bash tools/setup_env.sh
 
 demo: setup
 	bash tools/demo.sh
@@ -17,5 +21,6 @@ demo: setup
 lint: setup
 	$(PY) -m ruff check .
 
+test: TEST_BROWSER = 1
 test: lint
 	$(PY) -m pytest -q

@@ -7,6 +7,7 @@ On CPU the peak is the resident-set high-water mark after resetting it through
 that file cannot be written, the growth of ``ru_maxrss``, which cannot be
 reset. On CUDA it is ``torch.cuda.max_memory_allocated``.
 """
+import platform
 import resource
 import statistics
 import time
@@ -78,6 +79,18 @@ def measure_step(step, warmup, device: str, what: str, repeat: int,
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return dict(time_s=min(times), median_s=statistics.median(times))
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one), for benchmark headers."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'unknown CPU'
 
 
 def best_time(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:

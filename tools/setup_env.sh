@@ -11,6 +11,10 @@
 #         convolution, CARAFE, ...): 11-33 min on 2 cores, once; the wheel is
 #         cached in ~/.cache/fec-mm/mmcv-2.1.0-torch-2.11.0/.
 #   unset keep the mmcv .venv has (a compiled mmcv stays), lite for a new one.
+#
+# TEST_BROWSER=1 (`make test` sets it) also installs the browser-test extra:
+# requirements-test-browser.txt (Playwright) and, when run as root with
+# apt-get, Debian's chromium; without root the browser tests are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -30,6 +34,28 @@ if [ ! -x "$PY" ]; then
   python3 -m venv "$VENV"
 fi
 PIP=("$PY" -m pip install --disable-pip-version-check -q)
+
+# The browser-test extra (TEST_BROWSER=1): idempotent, outside the stamp.
+install_test_browser() {
+  [ "${TEST_BROWSER:-0}" = 1 ] || return 0
+  local want
+  want=$(sed -n 's/^playwright==//p' requirements-test-browser.txt)
+  if ! "$PY" -c 'import importlib.metadata as m, sys; sys.exit(m.version("playwright") != sys.argv[1])' \
+       "$want" 2>/dev/null; then
+    log "installing the browser-test extra (playwright $want)"
+    "${PIP[@]}" -r requirements-test-browser.txt
+  fi
+  if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      log "installing Debian's chromium for the browser tests (apt-get)"
+      DEBIAN_FRONTEND=noninteractive apt-get update -q
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+    else
+      log "no /usr/bin/chromium and not root: the browser tests will be skipped" \
+          "(sudo apt-get install chromium to run them)"
+    fi
+  fi
+}
 
 # Prints full, lite or none: the mmcv $MMCV_VERSION that .venv has working
 # (full: the compiled mmcv._ext; lite: mmcv-lite with fec-mm-mmcv-ops's).
@@ -85,6 +111,7 @@ HASH=$({ echo "mmcv=$WANT"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] && [ "$HAVE" = "$WANT" ] \
    && [ "$STACK_OK" = 1 ]; then
   log "environment up to date (mmcv: $WANT)"
+  install_test_browser
   exit 0
 fi
 
@@ -136,4 +163,5 @@ if [ "$HAVE" != "$WANT" ]; then
   exit 1
 fi
 echo "$HASH" > "$STAMP"
+install_test_browser
 log "done (mmcv: $WANT)"

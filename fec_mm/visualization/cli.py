@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--device', default='cpu', help='device, e.g. cpu or cuda:0')
     parser.add_argument('--json', action='store_true',
                         help='also write the per-stage numbers as <image>_clusters.json')
+    parser.add_argument('--html', metavar='OUT.html',
+                        help='write the interactive cluster explorer (one self-contained HTML '
+                        'file) to OUT.html instead of the PNG views; --block/--head choose '
+                        'its mixer views (default all)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help="override config settings, e.g. model.backbone.num_centers=7 "
                         "(with --arch alone: model.backbone.* only)")
@@ -250,10 +254,19 @@ def run(argv: Optional[Sequence[str]] = None) -> List[str]:
     for b in args.block:
         parse_block(b)
     read_image(args.img)
+    if args.html:
+        from .explorer import check_html_path
+        check_html_path(args.html)
     torch.manual_seed(args.seed)  # random weights (no checkpoint) are repeatable
     prepared = prepare_from_config(args) if args.config else prepare_from_arch(args)
     options = view_options(args, prepared)
     maps = cluster_maps(prepared.backbone, prepared.inputs, prepared.image_size)
+    if args.html:
+        from .explorer import write_explorer
+        meta = dict(image=args.img, config=args.config, checkpoint=args.checkpoint,
+                    arch=prepared.backbone.arch_name)
+        return [write_explorer(args.html, prepared.display, maps, options, meta=meta,
+                               title=f'FEC cluster explorer: {osp.basename(args.img)}')]
     views, report, layers = render_views(prepared.display, maps, options)
     sheet = draw_cluster_sheet(prepared.display, layers, report, options.alpha)
     report.update(image=args.img, config=args.config, checkpoint=args.checkpoint,

@@ -24,7 +24,6 @@ the load average, since other jobs change the figures.
 """
 import argparse
 import os
-import platform
 import tempfile
 import time
 from typing import Dict, List
@@ -32,7 +31,7 @@ from typing import Dict, List
 import torch
 from skimage import data
 
-from fec_mm.measure import best_time
+from fec_mm.measure import best_time, cpu_name
 from fec_mm.models import FEC
 from fec_mm.visualization import cluster_maps
 from fec_mm.visualization.cli import IMAGENET_MEAN, IMAGENET_STD
@@ -46,17 +45,6 @@ SETTINGS = {
     'seg': dict(num_centers=(10, 10, 5, 5), folds=(1, 1, 1, 1)),
     'det': dict(num_centers=(7, 7, 7, 7), folds=(2, 2, 1, 1)),
 }
-
-
-def cpu_name() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown CPU'
 
 
 def benchmark(setting: str, repeat: int) -> Dict[str, float]:

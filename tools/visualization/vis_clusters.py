@@ -3,7 +3,7 @@
     python tools/visualization/vis_clusters.py IMG CONFIG [CHECKPOINT] \
         [--arch A] [--stage S ...] [--block STAGE.BLOCK ...] [--head H ...] \
         [--groups K] [--merge-feature {pooled,final,conv_f}] [--alpha A] \
-        [--out-dir DIR] [--device D] [--cfg-options ...] [--json]
+        [--out-dir DIR | --html OUT.html] [--device D] [--cfg-options ...] [--json]
     python tools/visualization/vis_clusters.py IMG --arch small [CHECKPOINT]
 
 The logic is fec_mm.visualization.cli.
