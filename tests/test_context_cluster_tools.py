@@ -44,3 +44,28 @@ def test_coc_demo_configs_train_and_the_loss_falls(name, demo_root, tmp_path):
     assert losses[-1] < 0.9 * losses[0], losses
     moved = [n for n, p in model.backbone.named_parameters() if not torch.equal(p, before[n])]
     assert len(moved) > 0.9 * len(before)
+
+
+def test_get_flops_cli_on_a_coc_classifier_config():
+    """get_flops counts CoC's fused encoding ops: the total equals the reference
+    path's count of the backbone plus the head, and the params the authors' count."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from fec_mm.analysis import count_flops
+    root = CONFIG_DIR.parent
+    out = subprocess.run([sys.executable, 'tools/analysis_tools/get_flops.py',
+                          'configs/context_cluster/coc-tiny_in1k-224.py', '--shape', '64'],
+                         cwd=root, env=dict(os.environ, PYTHONPATH=str(root)),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    flops = int(re.search(r'^Flops: \S+ \((\d+)\)', out.stdout, re.M).group(1))
+    clustering = int(re.search(r'clustering ops: \S+ \((\d+)\)', out.stdout).group(1))
+    params = int(re.search(r'^Params: \S+ \((\d+)\)', out.stdout, re.M).group(1))
+    backbone = ContextCluster('tiny', out_indices=(3,), ops_impl='reference').eval()
+    expected = count_flops(backbone, (torch.randn(1, 3, 64, 64),))
+    assert flops == expected.flops + 320 * 1000 + 320 * 2 * 2  # + head and pooling
+    assert clustering == expected.clustering > 0
+    assert params == 5_570_584  # FEC_SPEC.md §7
