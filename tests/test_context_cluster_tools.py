@@ -69,3 +69,36 @@ def test_get_flops_cli_on_a_coc_classifier_config():
     assert flops == expected.flops + 320 * 1000 + 320 * 2 * 2  # + head and pooling
     assert clustering == expected.clustering > 0
     assert params == 5_570_584  # FEC_SPEC.md §7
+
+
+def test_cluster_maps_trace_each_block_within_its_regions(tmp_path):
+    import numpy as np
+
+    from fec_mm.visualization.coc_cluster_maps import coc_cluster_maps, save_coc_cluster_maps
+    torch.manual_seed(0)
+    model = ContextCluster('tiny', num_centers=(2, 3, 2, 2), folds=(8, 4, 2, 1))
+    images = torch.randn(1, 3, 64, 96)
+    blocks = coc_cluster_maps(model, images)
+    assert [b.stage for b in blocks] == [0] * 3 + [1] * 4 + [2] * 5 + [3] * 2
+    assert model.training  # restored
+    ys = torch.arange(64)[:, None].expand(64, 96)
+    xs = torch.arange(96)[None, :].expand(64, 96)
+    for block in blocks:
+        k, fold = block.stage, model.folds[block.stage]
+        nc = model.num_centers[k]
+        heads = model.arch['heads'][k]
+        assert block.pixels.shape == (1, heads, 64, 96)
+        assert block.center_grid == (fold * nc, fold * nc) and block.fold == fold
+        # Each pixel's center lies in the pixel's own region.
+        rows, cols = block.pixels // (fold * nc), block.pixels % (fold * nc)
+        assert torch.equal(rows // nc, (ys // (64 // fold)).expand_as(rows))
+        assert torch.equal(cols // nc, (xs // (96 // fold)).expand_as(cols))
+        # Constant over each token's stride x stride pixels; more than one cluster.
+        s = 4 * 2**k
+        token = block.pixels[..., ::s, ::s]
+        assert torch.equal(block.pixels, token.repeat_interleave(s, -2).repeat_interleave(s, -1))
+        assert block.pixels.unique().numel() > fold * fold
+    image = np.zeros((64, 96, 3), np.uint8)
+    paths = save_coc_cluster_maps(blocks, image, str(tmp_path), stages=[3])
+    assert [p.rsplit('/', 1)[1] for p in paths] == ['stage3_block0.png', 'stage3_block1.png']
+    assert open(paths[0], 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
