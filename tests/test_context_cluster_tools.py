@@ -102,3 +102,37 @@ def test_cluster_maps_trace_each_block_within_its_regions(tmp_path):
     paths = save_coc_cluster_maps(blocks, image, str(tmp_path), stages=[3])
     assert [p.rsplit('/', 1)[1] for p in paths] == ['stage3_block0.png', 'stage3_block1.png']
     assert open(paths[0], 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_onnx_export_matches_onnxruntime():
+    """A one-block-per-stage CoC (5 centers per side: non-divisible region
+    grids; CoC-Tiny's folds) exported with dynamic batch and H, W and the
+    assignments as outputs: ONNX Runtime gives PyTorch's features and
+    assignments at two sizes."""
+    pytest.importorskip('onnxruntime', reason='onnxruntime is not installed')
+    pytest.importorskip('onnxscript', reason='onnxscript is not installed')
+    from fec_mm.deployment import (
+        WithAssignments,
+        check_parity,
+        check_standard_ops,
+        export_onnx,
+        onnxruntime_session,
+    )
+    torch.manual_seed(0)
+    arch = dict(depths=(1, 1, 1, 1), widths=(16, 24, 32, 40), heads=(2, 2, 4, 4), head_dim=8)
+    backbone = ContextCluster(arch, num_centers=5, folds=(8, 4, 2, 1)).eval()
+    wrapped = WithAssignments(backbone)
+    x = torch.randn(1, 3, 128, 160)
+    with torch.no_grad():
+        outs = wrapped(x)
+    proto = export_onnx(wrapped, x, dynamic_batch=True, dynamic_shape=True,
+                        divisor=backbone.size_divisor)
+    check_standard_ops(proto)
+    session = onnxruntime_session(proto.SerializeToString())
+    names = list(wrapped.names)
+    assert len(outs) - len(names) == 4 and len(names) == 4
+    for shape in ((1, 3, 128, 160), (2, 3, 96, 128)):
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+        report = check_parity(session, wrapped, x, 4, names)
+        assert report.passed and report.within_atol >= 0.999, report.summary()
+        assert report.assignments_equal >= 0.999, report.summary()
