@@ -255,3 +255,27 @@ def test_converter_on_classifier_and_dense_files(tmp_path):
     torch.save({'state_dict': FEC('small').state_dict()}, src)
     with pytest.raises(ValueError, match='ContextCluster cannot take the checkpoint .*fec_small'):
         convert(src, dst)
+
+
+def test_whole_detector_loads_the_authors_file(tmp_path):
+    """A Mask R-CNN file with the backbone in the authors' layout (MLPs as 1×1
+    convs, as their released dense files) loads through mmengine's
+    load_checkpoint, what load_from and the libraries' APIs use: converted in place."""
+    from demo_config_helpers import model_cfg, registry
+    from mmengine.runner import load_checkpoint
+    cfg = Config.fromfile(str(COC_CONFIGS[0].parents[1] / 'demo' / 'coc_maskrcnn_demo.py'))
+    build = registry(cfg).MODELS.build
+    torch.manual_seed(0)
+    source = build(model_cfg(cfg))
+    state = source.state_dict()
+    backbone = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    authors = {'backbone.' + k: v for k, v in
+               cr.to_authors_layout(backbone, dense=True, conv_mlp=True).items()}
+    authors.update({k: v for k, v in state.items() if not k.startswith('backbone.')})
+    path = str(tmp_path / 'mask_rcnn_coc_tiny_authors.pth')
+    torch.save({'state_dict': authors, 'meta': {}}, path)
+    torch.manual_seed(1)
+    target = build(model_cfg(cfg))
+    load_checkpoint(target, path, strict=True)
+    for key, value in target.state_dict().items():
+        assert torch.equal(value, state[key]), key
