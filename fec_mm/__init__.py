@@ -17,7 +17,7 @@ __version__ = '0.1.0'
 
 if find_spec('mmengine') is not None and find_spec('mmcv') is not None:
     from . import analysis, checkpoints
-    from .models import FEC  # noqa: F401  (registers FEC)
+    from .models import FEC, ContextCluster  # noqa: F401  (registers both backbones)
     from .visualization import cluster_map_hook  # noqa: F401  (registers ClusterMapHook)
 
     analysis.register_flop_handles()

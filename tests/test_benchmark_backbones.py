@@ -54,3 +54,23 @@ def test_benchmark_rejects_bad_size():
                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "'64by96' is not" in out.stderr
+
+
+def test_context_cluster_rows_build():
+    """The CoC-Tiny/Small rows build at the authors' settings and run a small input
+    (the timed benchmark itself is not run here)."""
+    import importlib.util
+
+    import torch
+    spec = importlib.util.spec_from_file_location('benchmark_backbones', SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert {'CoC-Tiny', 'CoC-Small'} <= set(bench.DEFAULT_MODELS)
+    for name, arch in (('CoC-Tiny', 'tiny'), ('CoC-Small', 'small')):
+        cls = bench.build(name, (224, 224), sweep=False)
+        assert (cls.arch_name, cls.num_centers, cls.folds) == (arch, (2,) * 4, (8, 4, 2, 1))
+        dense = bench.build(name, (64, 96), sweep=True)
+        assert dense.num_centers == (5,) * 4
+        with torch.no_grad():
+            outs = dense.eval()(torch.randn(1, 3, 64, 96))
+        assert [o.shape[-2:] for o in outs] == [(16, 24), (8, 12), (4, 6), (2, 3)]

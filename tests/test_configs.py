@@ -19,7 +19,7 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import PARAM_SCHEDULERS
 
 from fec_mm.datasets import make_demo_data
-from fec_mm.models import FEC
+from fec_mm.models import FEC, ContextCluster
 
 ALL_CONFIGS = REAL_CONFIGS + DEMO_CONFIGS
 LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
@@ -65,7 +65,7 @@ def test_config_builds(path, demo_root):
     reg = registry(cfg)
 
     model = reg.MODELS.build(model_cfg(cfg))
-    assert isinstance(model.backbone, FEC)
+    assert isinstance(model.backbone, (FEC, ContextCluster))
     div = model.backbone.size_divisor
     # Whatever the image size, the data preprocessor makes a valid FEC input.
     if cfg.default_scope == 'mmdet':

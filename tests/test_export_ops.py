@@ -54,20 +54,24 @@ def test_assign_export_matches_reference(R, N, M, d, dtype):
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
 @pytest.mark.parametrize('R,N,M,d', SHAPES)
 @pytest.mark.parametrize('alpha', [1.3, -0.7, 0.0])
-def test_encode_export_matches_reference(R, N, M, d, dtype, alpha):
+@pytest.mark.parametrize('aggregation', ['mean', 'similarity'])
+def test_encode_export_matches_reference(R, N, M, d, dtype, alpha, aggregation):
     points, values, centers, value_centers = tied_inputs(R, N, M, d, dtype, seed=M)
     a = torch.tensor([alpha], dtype=dtype)
     b = torch.tensor([0.2], dtype=dtype)
     out, index, cos = export.cluster_encode_export(points, values, centers, value_centers,
-                                                   a, b, return_assignment=True)
+                                                   a, b, return_assignment=True,
+                                                   aggregation=aggregation)
     ref, ref_index, ref_cos = reference.cluster_encode_reference(
-        points, values, centers, value_centers, a, b, return_assignment=True)
+        points, values, centers, value_centers, a, b, return_assignment=True,
+        aggregation=aggregation)
     assert torch.equal(index, ref_index)
     if alpha == 0.0:  # every score equal: all points join center 0
         assert (index == 0).all()
     torch.testing.assert_close(out, ref, rtol=0, atol=TOL[dtype])
     torch.testing.assert_close(cos, ref_cos, rtol=0, atol=TOL[dtype])
-    plain = export.cluster_encode_export(points, values, centers, value_centers, a, b)
+    plain = export.cluster_encode_export(points, values, centers, value_centers, a, b,
+                                         aggregation=aggregation)
     assert torch.equal(plain, out)
 
 

@@ -55,11 +55,13 @@ def pool_hand_count(B, Cin, Cout, H, W, fold):
 
 
 @pytest.mark.parametrize('impl', IMPLS)
-@pytest.mark.parametrize('fold', [1, 2])
-def test_cluster_block_equals_hand_count(impl, fold):
+@pytest.mark.parametrize('fold,aggregation', [(1, 'mean'), (2, 'mean'), (2, 'similarity')])
+def test_cluster_block_equals_hand_count(impl, fold, aggregation):
+    """FEC's block and Context Clusters' (aggregation='similarity') count alike."""
     torch.manual_seed(0)
     B, C, H, W, heads, hd, ratio, nc = 2, 16, 8, 12, 2, 8, 4, 2
-    block = ClusterBlock(C, heads, hd, ratio, nc, fold, ops_impl=impl).eval()
+    block = ClusterBlock(C, heads, hd, ratio, nc, fold, ops_impl=impl,
+                         aggregation=aggregation).eval()
     count = count_flops(block, (torch.randn(B, C, H, W),))
     total, clustering = block_hand_count(B, C, H, W, heads, hd, ratio, nc, fold)
     assert count.flops == total

@@ -3,6 +3,7 @@
 Also covers the dispatch of ``fec_mm.ops`` ('auto', errors, fallback without
 the extension) and the ``torch.library`` registration of the fused ops.
 """
+import functools
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from fec_mm.ops import cluster_assign, cluster_encode, cluster_pool, cpu
+from fec_mm.ops import AGGREGATIONS, cluster_assign, cluster_encode, cluster_pool, cpu
 from fec_mm.ops.cluster_ops import resolve_impl
 
 pytestmark = pytest.mark.skipif(
@@ -51,10 +52,12 @@ def test_assign_and_pool_match_reference(R, N, M, d):
 
 @pytest.mark.parametrize('R,N,M,d', SHAPES)
 @pytest.mark.parametrize('alpha,beta', [(1.0, 0.0), (2.5, -0.7), (-1.3, 0.4), (0.0, 0.3)])
-def test_encode_matches_reference(R, N, M, d, alpha, beta):
+@pytest.mark.parametrize('aggregation', AGGREGATIONS)
+def test_encode_matches_reference(R, N, M, d, alpha, beta, aggregation):
     args = [*_inputs(R, N, M, d, seed=3 * R + N + M + d), *_scalars(alpha, beta)]
-    torch.testing.assert_close(cluster_encode(*args, impl='cpu'),
-                               cluster_encode(*args, impl='reference'), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cluster_encode(*args, impl='cpu', aggregation=aggregation),
+                               cluster_encode(*args, impl='reference', aggregation=aggregation),
+                               rtol=1e-5, atol=1e-6)
 
 
 def _grads(fn, args):
@@ -73,7 +76,8 @@ def _grads(fn, args):
 def test_gradients_match_reference(R, N, M, d, dtype, tol):
     tensors = _inputs(R, N, M, d, seed=11 + N, dtype=dtype)
     enc = [*tensors, *_scalars(1.7, -0.3, dtype)]
-    for op, args in ((cluster_encode, enc), (cluster_pool, tensors),
+    similarity = functools.partial(cluster_encode, aggregation='similarity')
+    for op, args in ((cluster_encode, enc), (similarity, enc), (cluster_pool, tensors),
                      (cluster_assign, [tensors[0], tensors[2]])):
         got = _grads(lambda *a: op(*a, impl='cpu'), args)
         expected = _grads(lambda *a: op(*a, impl='reference'), args)
@@ -88,7 +92,9 @@ def test_gradcheck_float64():
     points, values, centers, value_centers = _inputs(2, 12, 3, 4, seed=5, dtype=torch.float64)
     alpha, beta = _scalars(1.2, 0.3, torch.float64)
     enc = [t.requires_grad_() for t in (points, values, centers, value_centers, alpha, beta)]
-    assert torch.autograd.gradcheck(lambda *a: cluster_encode(*a, impl='cpu'), enc)
+    for aggregation in AGGREGATIONS:
+        assert torch.autograd.gradcheck(
+            lambda *a: cluster_encode(*a, impl='cpu', aggregation=aggregation), enc)
     assert torch.autograd.gradcheck(
         lambda v, vc: cluster_pool(points, v, centers, vc, impl='cpu'), (values, value_centers))
     assert torch.autograd.gradcheck(
@@ -166,8 +172,10 @@ def test_bf16_prepass_ties_and_crowds():
 
 def test_results_are_deterministic():
     args = [*_inputs(3, 300, 70, 24, seed=2), *_scalars(1.1, 0.2)]
-    runs = [_grads(lambda *a: cluster_encode(*a, impl='cpu'), args) for _ in range(2)]
-    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    for aggregation in AGGREGATIONS:
+        runs = [_grads(lambda *a: cluster_encode(*a, impl='cpu', aggregation=aggregation),
+                       args) for _ in range(2)]
+        assert all(torch.equal(a, b) for a, b in zip(*runs))
     outs = [cluster_pool(*args[:4], impl='cpu') for _ in range(2)]
     assert torch.equal(*outs)
 
@@ -232,10 +240,12 @@ def test_missing_extension_falls_back_to_reference_and_logs_once():
     assert "ERROR cluster_encode: impl='cpu' needs the compiled extension" in log
 
 
-@pytest.mark.parametrize('op', ['cluster_assign', 'cluster_encode', 'cluster_pool'])
+@pytest.mark.parametrize('op', ['cluster_assign', 'cluster_encode', 'cluster_encode_weighted',
+                                'cluster_pool'])
 @pytest.mark.parametrize('transposed', [False, True])
 def test_custom_ops_pass_opcheck(op, transposed):
-    """Schema, fake (meta) implementation (also its strides) and autograd of the cpu ops."""
+    """Schema, fake (meta) implementation (also its strides) and autograd of the cpu ops
+    (cluster_encode_weighted: the encoding with Context Clusters' center update)."""
     points, values, centers, value_centers = _inputs(2, 10, 3, 4, seed=1)
     if transposed:  # as the backbone's pooled centers: (R, d, M) transposed
         points, values, centers, value_centers = (
@@ -244,8 +254,11 @@ def test_custom_ops_pass_opcheck(op, transposed):
     alpha, beta = _scalars(1.0, 0.2)
     args = {'cluster_assign': (points, centers),
             'cluster_encode': (points, values, centers, value_centers, alpha, beta),
+            'cluster_encode_weighted': (points, values, centers, value_centers, alpha, beta),
             'cluster_pool': (points, values, centers, value_centers)}[op]
     args = tuple(a.requires_grad_() for a in args)
+    if op == 'cluster_encode_weighted':
+        op, args = 'cluster_encode', args + (True,)
     torch.library.opcheck(getattr(torch.ops.fec_mm, f'{op}_cpu').default, args)
 
 

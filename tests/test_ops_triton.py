@@ -7,6 +7,7 @@ interpreter with that variable set (``test_under_the_interpreter``); its other
 tests only run there, or in a process that has CUDA. The interpreter computes
 bfloat16 wrongly, so bfloat16 is tested on a GPU only.
 """
+import functools
 import importlib.util
 import os
 
@@ -62,9 +63,11 @@ def test_forward_matches_reference(R, N, M, d):
                                cluster_pool(*args, impl='reference'), rtol=1e-5, atol=1e-6)
     for alpha, beta in ((1.0, 0.0), (-1.3, 0.4), (0.0, 0.3)):
         enc = (*args, *_scalars(alpha, beta))
-        torch.testing.assert_close(cluster_encode(*enc, impl='triton'),
-                                   cluster_encode(*enc, impl='reference'),
-                                   rtol=1e-5, atol=1e-6)
+        for aggregation in ('mean', 'similarity'):
+            torch.testing.assert_close(
+                cluster_encode(*enc, impl='triton', aggregation=aggregation),
+                cluster_encode(*enc, impl='reference', aggregation=aggregation),
+                rtol=1e-5, atol=1e-6)
 
 
 def _grads(fn, args, dtype=None):
@@ -84,7 +87,8 @@ def test_gradients_match_reference(R, N, M, d):
     cluster_assign, cluster_encode, cluster_pool = _ops()
     tensors = _inputs(R, N, M, d, seed=11 + N)
     enc = [*tensors, *_scalars(1.7, -0.3)]
-    for op, args in ((cluster_encode, enc), (cluster_pool, tensors),
+    similarity = functools.partial(cluster_encode, aggregation='similarity')
+    for op, args in ((cluster_encode, enc), (similarity, enc), (cluster_pool, tensors),
                      (cluster_assign, [tensors[0], tensors[2]])):
         got = _grads(lambda *a: op(*a, impl='triton'), args)
         expected = _grads(lambda *a: op(*a, impl='reference'), [a.double() for a in args])
@@ -111,8 +115,10 @@ def test_ties_go_to_lowest_center_across_blocks():
 def test_results_are_deterministic():
     _, cluster_encode, cluster_pool = _ops()
     args = [*_inputs(2, 90, 12, 24, seed=2), *_scalars(1.1, 0.2)]
-    runs = [_grads(lambda *a: cluster_encode(*a, impl='triton'), args) for _ in range(2)]
-    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    for aggregation in ('mean', 'similarity'):
+        runs = [_grads(lambda *a: cluster_encode(*a, impl='triton', aggregation=aggregation),
+                       args) for _ in range(2)]
+        assert all(torch.equal(a, b) for a, b in zip(*runs))
     assert torch.equal(cluster_pool(*args[:4], impl='triton'),
                        cluster_pool(*args[:4], impl='triton'))
 
@@ -156,7 +162,8 @@ def test_float64_is_refused_and_auto_falls_back():
 
 
 @kernels
-@pytest.mark.parametrize('op', ['cluster_assign', 'cluster_encode', 'cluster_pool'])
+@pytest.mark.parametrize('op', ['cluster_assign', 'cluster_encode', 'cluster_encode_weighted',
+                                'cluster_pool'])
 @pytest.mark.parametrize('transposed', [False, True])
 def test_custom_ops_pass_opcheck(op, transposed):
     points, values, centers, value_centers = _inputs(1, 6, 3, 4, seed=1)
@@ -167,10 +174,13 @@ def test_custom_ops_pass_opcheck(op, transposed):
     alpha, beta = _scalars(1.0, 0.2)
     args = {'cluster_assign': (points, centers),
             'cluster_encode': (points, values, centers, value_centers, alpha, beta),
+            'cluster_encode_weighted': (points, values, centers, value_centers, alpha, beta),
             'cluster_pool': (points, values, centers, value_centers)}[op]
     _ops()  # registers the custom ops
-    torch.library.opcheck(getattr(torch.ops.fec_mm, f'{op}_triton').default,
-                          tuple(a.requires_grad_() for a in args))
+    args = tuple(a.requires_grad_() for a in args)
+    if op == 'cluster_encode_weighted':  # Context Clusters' center update
+        op, args = 'cluster_encode', args + (True,)
+    torch.library.opcheck(getattr(torch.ops.fec_mm, f'{op}_triton').default, args)
 
 
 @kernels
@@ -204,7 +214,9 @@ def test_return_assignment_matches_reference(alpha):
     _, encode, pool = _ops()
     p, v, c, vc = _inputs(2, 70, 9, 24, seed=5)
     a, b = _scalars(alpha, 0.2)
-    for op, args in ((encode, (p, v, c, vc, a, b)), (pool, (p, v, c, vc))):
+    similarity = functools.partial(encode, aggregation='similarity')
+    for op, args in ((encode, (p, v, c, vc, a, b)), (similarity, (p, v, c, vc, a, b)),
+                     (pool, (p, v, c, vc))):
         ref = op(*args, impl='reference', return_assignment=True)
         got = op(*args, impl='triton', return_assignment=True)
         assert torch.equal(got[1].cpu(), ref[1].cpu())

@@ -1,4 +1,5 @@
-"""The PyTorch reference ops against a brute-force reading of FEC_SPEC.md §2."""
+"""The PyTorch reference ops against a brute-force reading of FEC_SPEC.md §2 (and §7:
+Context Clusters' similarity-weighted center update, ``aggregation='similarity'``)."""
 import math
 
 import pytest
@@ -21,8 +22,10 @@ def _first_argmax(scores):
     return best
 
 
-def brute_force(points, values, centers, value_centers, alpha=None, beta=None):
-    """Spec formulas with Python loops; alpha None means pooling (plain cosine)."""
+def brute_force(points, values, centers, value_centers, alpha=None, beta=None,
+                aggregation='mean'):
+    """Spec formulas with Python loops; alpha None means pooling (plain cosine);
+    aggregation 'similarity' weighs each member by its similarity (spec §7)."""
     R, N, _ = points.shape
     M = centers.shape[1]
     p, v, c, vc = (t.tolist() for t in (points, values, centers, value_centers))
@@ -37,8 +40,9 @@ def brute_force(points, values, centers, value_centers, alpha=None, beta=None):
         g = []
         for m in range(M):
             members = [n for n in range(N) if a[n] == m]
-            g.append([(vc[r][m][k] + sum(v[r][n][k] for n in members)) / (1 + len(members))
-                      for k in range(len(vc[r][m]))])
+            w = {n: s[m][n] if aggregation == 'similarity' else 1.0 for n in members}
+            g.append([(vc[r][m][k] + sum(w[n] * v[r][n][k] for n in members))
+                      / (1 + sum(w.values())) for k in range(len(vc[r][m]))])
         encoded.append([[s[a[n]][n] * x for x in g[a[n]]] for n in range(N)])
         pooled.append(g)
         assign.append(a)
@@ -53,12 +57,15 @@ def _inputs(R, N, M, d, seed):
 
 @pytest.mark.parametrize('R,N,M,d', [(2, 9, 4, 3), (1, 5, 1, 2), (3, 3, 6, 4), (2, 16, 4, 5)])
 @pytest.mark.parametrize('alpha,beta', [(1.0, 0.0), (2.5, -0.7), (-1.3, 0.4)])
-def test_encode_matches_spec(R, N, M, d, alpha, beta):
+@pytest.mark.parametrize('aggregation', ['mean', 'similarity'])
+def test_encode_matches_spec(R, N, M, d, alpha, beta, aggregation):
     points, values, centers, value_centers = _inputs(R, N, M, d, seed=R * 100 + N)
-    expected, _, _ = brute_force(points, values, centers, value_centers, alpha, beta)
+    expected, _, _ = brute_force(points, values, centers, value_centers, alpha, beta,
+                                 aggregation)
     out = cluster_encode(points, values, centers, value_centers,
                          torch.tensor([alpha], dtype=torch.float64),
-                         torch.tensor([beta], dtype=torch.float64), impl='reference')
+                         torch.tensor([beta], dtype=torch.float64), impl='reference',
+                         aggregation=aggregation)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
 
 
@@ -88,14 +95,15 @@ def test_ties_go_to_lowest_center():
     torch.testing.assert_close(out[0], 0.5 * g0.expand(2, 2))
 
 
-def test_encode_gradients_reach_every_input():
+@pytest.mark.parametrize('aggregation', ['mean', 'similarity'])
+def test_encode_gradients_reach_every_input(aggregation):
     points, values, centers, value_centers = (t.requires_grad_() for t in _inputs(2, 12, 3, 4, 0))
     alpha = torch.ones(1, dtype=torch.float64, requires_grad=True)
     beta = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     args = (points, values, centers, value_centers, alpha, beta)
     assert torch.autograd.gradcheck(
-        lambda *a: cluster_encode(*a, impl='reference'), args)
-    cluster_encode(*args, impl='reference').sum().backward()
+        lambda *a: cluster_encode(*a, impl='reference', aggregation=aggregation), args)
+    cluster_encode(*args, impl='reference', aggregation=aggregation).sum().backward()
     for t in args:
         assert t.grad is not None and t.grad.abs().sum() > 0
 
@@ -120,3 +128,6 @@ def test_bad_inputs_name_the_problem():
         cluster_assign(points, centers, impl='cuda')
     with pytest.raises(ValueError, match='alpha must hold one value'):
         cluster_encode(points, points, centers, centers, torch.ones(2), torch.zeros(1))
+    with pytest.raises(ValueError, match="unknown aggregation 'weighted'"):
+        cluster_encode(points, points, centers, centers, torch.ones(1), torch.zeros(1),
+                       aggregation='weighted')

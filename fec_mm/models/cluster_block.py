@@ -1,4 +1,4 @@
-"""The pre-norm residual cluster block of FEC (spec §2)."""
+"""The pre-norm residual cluster block of FEC (spec §2) and Context Clusters (§7)."""
 from typing import Optional
 
 import torch
@@ -55,15 +55,19 @@ class ClusterBlock(nn.Module):
         norm_cfg (dict): Pre-norm config.
         act_cfg (dict): MLP activation config.
         ops_impl (str): Implementation of the clustering op.
+        aggregation (str): Center update of the mixer: 'mean' (FEC) or
+            'similarity' (Context Clusters).
     """
 
     def __init__(self, channels: int, heads: int, head_dim: int, mlp_ratio: int,
                  num_centers: int, fold: int, drop_path: float = 0.,
                  layer_scale_init: float = 1e-5, norm_cfg: dict = dict(type='GN', num_groups=1),
-                 act_cfg: dict = dict(type='GELU'), ops_impl: str = 'auto') -> None:
+                 act_cfg: dict = dict(type='GELU'), ops_impl: str = 'auto',
+                 aggregation: str = 'mean') -> None:
         super().__init__()
         self.norm1 = build_norm_layer(norm_cfg, channels)[1]
-        self.token_mixer = ClusterEncoder(channels, heads, head_dim, num_centers, fold, ops_impl)
+        self.token_mixer = ClusterEncoder(channels, heads, head_dim, num_centers, fold, ops_impl,
+                                          aggregation)
         self.norm2 = build_norm_layer(norm_cfg, channels)[1]
         self.mlp = ChannelsLastMlp(channels, mlp_ratio * channels, act_cfg, ops_impl)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

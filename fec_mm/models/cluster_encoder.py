@@ -1,4 +1,5 @@
-"""Clustering-based feature encoding, the token mixer of FEC (spec §2)."""
+"""Clustering-based feature encoding, the token mixer of FEC (spec §2) and of
+Context Clusters (spec §7)."""
 from typing import Optional
 
 import torch
@@ -22,15 +23,18 @@ class ClusterEncoder(nn.Module):
         fold (int): Regions per side (fold² regions clustered independently).
         ops_impl (str): Implementation of the clustering op, see
             :func:`fec_mm.ops.cluster_encode`.
+        aggregation (str): Center update: 'mean' (FEC) or 'similarity'
+            (Context Clusters), see :func:`fec_mm.ops.cluster_encode`.
     """
 
     def __init__(self, channels: int, heads: int, head_dim: int, num_centers: int,
-                 fold: int, ops_impl: str = 'auto') -> None:
+                 fold: int, ops_impl: str = 'auto', aggregation: str = 'mean') -> None:
         super().__init__()
         self.heads = heads
         self.num_centers = num_centers
         self.fold = fold
         self.ops_impl = ops_impl
+        self.aggregation = aggregation
         # Names follow the authors' checkpoints.
         self.f = nn.Conv2d(channels, heads * head_dim, 1)
         self.v = nn.Conv2d(channels, heads * head_dim, 1)
@@ -56,11 +60,13 @@ class ClusterEncoder(nn.Module):
             values.transpose(1, 2).reshape(-1, d, h, w), size).flatten(2).transpose(1, 2)
         if self.recorder is None:
             out = cluster_encode(points, values, centers, value_centers,
-                                 self.sim_alpha, self.sim_beta, impl=self.ops_impl)
+                                 self.sim_alpha, self.sim_beta, impl=self.ops_impl,
+                                 aggregation=self.aggregation)
         else:
             out, index, cos = cluster_encode(points, values, centers, value_centers,
                                              self.sim_alpha, self.sim_beta,
-                                             impl=self.ops_impl, return_assignment=True)
+                                             impl=self.ops_impl, return_assignment=True,
+                                             aggregation=self.aggregation)
             self.recorder(self, 'encode', index, cos, layout, size)
         weight, bias = self.proj.weight, self.proj.bias
         if scale is not None:

@@ -20,6 +20,7 @@ from ..ops import IMPLS
 from .checkpoint import check_weights_fit, load_fec_checkpoint
 from .cluster_block import ClusterBlock
 from .cluster_pooling import ClusterPooling
+from .coc_checkpoint import check_family
 
 NUM_STAGES = 4
 IntOrSeq = Union[int, Sequence[int]]
@@ -45,7 +46,7 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _per_stage(name: str, value: IntOrSeq) -> Tuple[int, ...]:
+def _per_stage(name: str, value: IntOrSeq, owner: str = 'FEC') -> Tuple[int, ...]:
     if _is_int(value):
         values = (value,) * NUM_STAGES
     elif isinstance(value, (list, tuple)):
@@ -53,7 +54,7 @@ def _per_stage(name: str, value: IntOrSeq) -> Tuple[int, ...]:
     else:
         values = ()
     if len(values) != NUM_STAGES or not all(_is_int(v) and v > 0 for v in values):
-        raise ValueError(f'FEC: {name} must be a positive int or {NUM_STAGES} positive ints '
+        raise ValueError(f'{owner}: {name} must be a positive int or {NUM_STAGES} positive ints '
                          f'(one per stage), got {value!r}')
     return values
 
@@ -201,14 +202,14 @@ class FEC(BaseModule):
         return arch
 
     @staticmethod
-    def _parse_out_indices(out_indices: IntOrSeq) -> Tuple[int, ...]:
+    def _parse_out_indices(out_indices: IntOrSeq, owner: str = 'FEC') -> Tuple[int, ...]:
         out_indices = (out_indices,) if isinstance(out_indices, int) else tuple(out_indices)
         if not out_indices:
-            raise ValueError('FEC: out_indices is empty')
+            raise ValueError(f'{owner}: out_indices is empty')
         parsed = []
         for i in out_indices:
             if not -NUM_STAGES <= i < NUM_STAGES:
-                raise ValueError(f'FEC: out_indices must be in [-{NUM_STAGES}, '
+                raise ValueError(f'{owner}: out_indices must be in [-{NUM_STAGES}, '
                                  f'{NUM_STAGES - 1}], got {i}')
             parsed.append(i % NUM_STAGES)
         return tuple(sorted(set(parsed)))
@@ -262,6 +263,7 @@ class FEC(BaseModule):
         # Called by torch's and mmengine's load_state_dict (so by every
         # library's load_checkpoint): mmengine only warns about mis-shaped
         # tensors and would leave a model of another arch at random weights.
+        check_family('FEC', [k[len(prefix):] for k in state_dict if k.startswith(prefix)])
         check_weights_fit(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)

@@ -31,6 +31,9 @@ from .library import OPS
 from .reference import chosen_cosine
 
 IMPLS = ('auto', 'reference', 'cpu', 'triton')
+# Center update of cluster_encode: FEC's plain mean (FEC_SPEC.md §2 step 6) or
+# Context Clusters' similarity-weighted mean (§7).
+AGGREGATIONS = ('mean', 'similarity')
 
 # op name -> impl name -> callable.
 _IMPLS: Dict[str, Dict[str, Callable]] = {
@@ -138,8 +141,16 @@ def cluster_assign(points: Tensor, centers: Tensor, impl: str = 'auto') -> Tuple
 
 def cluster_encode(points: Tensor, values: Tensor, centers: Tensor, value_centers: Tensor,
                    alpha: Tensor, beta: Tensor, impl: str = 'auto',
-                   return_assignment: bool = False):
+                   return_assignment: bool = False, aggregation: str = 'mean'):
     """Clustering-based feature encoding (FEC_SPEC.md §2, mixer steps 4-7).
+
+    One op for FEC and Context Clusters (CoC): they differ in the center
+    update only. With s_n = sigmoid(β + α·cos_n) each point's similarity to
+    its center a(n):
+
+    - ``aggregation='mean'`` (FEC): g_m = (vc_m + Σ_{a(n)=m} v_n) / (1 + count_m);
+    - ``aggregation='similarity'`` (CoC after the authors' fix 3ccb0b6):
+      g_m = (vc_m + Σ_{a(n)=m} s_n·v_n) / (1 + Σ_{a(n)=m} s_n).
 
     Args:
         points, values (Tensor): (R, N, d).
@@ -150,21 +161,26 @@ def cluster_encode(points: Tensor, values: Tensor, centers: Tensor, value_center
             the index (R, N) int64 of each point's center and the cosine
             (R, N) to it (detached). Costs nothing extra: every
             implementation computes both anyway.
+        aggregation (str): 'mean' (FEC) or 'similarity' (Context Clusters).
 
     Returns:
         Tensor: (R, N, d), s[a(n), n] · g_{a(n)} for every point; or
         (out, index, cos) with ``return_assignment``.
     """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f'cluster_encode: unknown aggregation {aggregation!r}; valid ones are '
+                         f'{AGGREGATIONS}')
     _check_inputs('cluster_encode', points, centers, ('values', values),
                   ('value_centers', value_centers))
     _check_scalar('cluster_encode', 'alpha', alpha, points)
     _check_scalar('cluster_encode', 'beta', beta, points)
     if export.is_exporting():
         return export.cluster_encode_export(points, values, centers, value_centers, alpha,
-                                            beta, return_assignment=return_assignment)
+                                            beta, return_assignment=return_assignment,
+                                            aggregation=aggregation)
     fn = resolve_impl('cluster_encode', impl, points.device.type, points.dtype)
     return fn(points, values, centers, value_centers, alpha, beta,
-              return_assignment=return_assignment)
+              return_assignment=return_assignment, aggregation=aggregation)
 
 
 def cluster_pool(points: Tensor, values: Tensor, centers: Tensor, value_centers: Tensor,

@@ -78,25 +78,28 @@ def assign_backward(grad_cos: Tensor, points: Tensor, centers: Tensor,
 
 
 def encode_forward(points: Tensor, values: Tensor, centers: Tensor, value_centers: Tensor,
-                   alpha: Tensor, beta: Tensor) -> Tuple[Tensor, ...]:
-    """(out, index, cos, g, count int32) of the clustering feature encoding; cos
-    and g stay in the compute dtype (float32 for half inputs) for backward."""
-    out, index, cos, g, count = ext().cluster_encode_forward(
-        *_prep(points, values, centers, value_centers), alpha.detach(), beta.detach())
-    return out.to(values.dtype), index, cos, g, count
+                   alpha: Tensor, beta: Tensor, weighted: bool = False) -> Tuple[Tensor, ...]:
+    """(out, index, cos, g, denom) of the clustering feature encoding; cos, g and
+    the centers' denominators (1 + count, or 1 + Σ s with ``weighted``) stay in
+    the compute dtype (float32 for half inputs) for backward."""
+    out, index, cos, g, denom = ext().cluster_encode_forward(
+        *_prep(points, values, centers, value_centers), alpha.detach(), beta.detach(),
+        bool(weighted))
+    return out.to(values.dtype), index, cos, g, denom
 
 
-def encode_backward(grad_out: Tensor, points: Tensor, centers: Tensor, alpha: Tensor,
-                    beta: Tensor, index: Tensor, cos: Tensor, g: Tensor,
-                    count: Tensor) -> Tuple[Tensor, ...]:
+def encode_backward(grad_out: Tensor, points: Tensor, values: Tensor, centers: Tensor,
+                    alpha: Tensor, beta: Tensor, index: Tensor, cos: Tensor, g: Tensor,
+                    denom: Tensor, weighted: bool = False) -> Tuple[Tensor, ...]:
     """Grads of (points, values, centers, value_centers, alpha, beta); the last two
     are 0-d float64."""
     # values and value_centers share the dtype of grad_out (checked by the API)
     dtypes = (points.dtype, grad_out.dtype, centers.dtype, grad_out.dtype)
-    grad_out, points, centers, cos, g = _prep(grad_out, points, centers, cos, g)
-    grads = ext().cluster_encode_backward(grad_out, points, centers, alpha.detach(),
-                                          beta.detach(), index.contiguous(), cos, g,
-                                          count.contiguous())
+    grad_out, points, values, centers, cos, g, denom = _prep(grad_out, points, values, centers,
+                                                             cos, g, denom)
+    grads = ext().cluster_encode_backward(grad_out, points, values, centers, alpha.detach(),
+                                          beta.detach(), index.contiguous(), cos, g, denom,
+                                          bool(weighted))
     return (*(t.to(dt) for t, dt in zip(grads[:4], dtypes)), grads[4], grads[5])
 
 

@@ -58,7 +58,8 @@ def _one_hot(index: Tensor, num_centers: int, dtype: torch.dtype) -> Tensor:
 
 
 def _aggregate_export(values: Tensor, value_centers: Tensor, one_hot: Tensor) -> Tensor:
-    """g_m = (vcenter_m + Σ_{a(n)=m} v_n) / (1 + count_m) with MatMul, no scatter."""
+    """g_m = (vcenter_m + Σ_{a(n)=m} w_n·v_n) / (1 + Σ_{a(n)=m} w_n) with MatMul, no
+    scatter; ``one_hot`` holds the weights w_n (1 for FEC's mean, s_n for CoC)."""
     sums = torch.matmul(one_hot, values)
     counts = one_hot.sum(-1, keepdim=True)
     return (value_centers + sums) / (1.0 + counts)
@@ -83,14 +84,17 @@ def cluster_assign_export(points: Tensor, centers: Tensor) -> Tuple[Tensor, Tens
 
 def cluster_encode_export(points: Tensor, values: Tensor, centers: Tensor,
                           value_centers: Tensor, alpha: Tensor, beta: Tensor,
-                          return_assignment: bool = False):
-    """Export formulation of :func:`fec_mm.ops.cluster_encode` (spec §2, steps 4-7)."""
+                          return_assignment: bool = False, aggregation: str = 'mean'):
+    """Export formulation of :func:`fec_mm.ops.cluster_encode` (spec §2, steps 4-7;
+    ``aggregation='similarity'``: the one-hot matrix weighted by s, spec §7)."""
     cos_all = cosine_matrix_export(centers, points)
     scaled = alpha.reshape(()) * cos_all
     index, best = _argmax_centers(scaled)
     sim = torch.sigmoid(beta.reshape(()) + best)
-    g = _aggregate_export(values, value_centers,
-                          _one_hot(index, centers.shape[1], values.dtype))
+    one_hot = _one_hot(index, centers.shape[1], values.dtype)
+    if aggregation == 'similarity':
+        one_hot = one_hot * sim[:, None, :].to(values.dtype)
+    g = _aggregate_export(values, value_centers, one_hot)
     out = sim[..., None] * _gather_rows(g, index)
     if return_assignment:
         cos = torch.gather(cos_all, 1, index[:, None]).squeeze(1)

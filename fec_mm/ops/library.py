@@ -80,48 +80,55 @@ def _define(impl: str) -> dict:
     assign.register_autograd(assign_grad, setup_context=assign_setup)
 
     # ------------------------------------------------------------ encode
+    # `weighted`: Context Clusters' similarity-weighted center update instead
+    # of FEC's mean (spec §7). The last output is each center's denominator,
+    # 1 + count (mean) or 1 + Σ s of its members (weighted).
     @torch.library.custom_op(f'{ns}cluster_encode_{impl}', mutates_args=())
     def encode(points: Tensor, values: Tensor, centers: Tensor, value_centers: Tensor,
-               alpha: Tensor, beta: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+               alpha: Tensor, beta: Tensor,
+               weighted: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         return _kernels(impl).encode_forward(points, values, centers, value_centers,
-                                             alpha, beta)
+                                             alpha, beta, weighted)
 
     @encode.register_fake
-    def _(points, values, centers, value_centers, alpha, beta):
+    def _(points, values, centers, value_centers, alpha, beta, weighted=False):
         R, N, d = points.shape
         M = centers.shape[1]
         acc = state_dtype(points.dtype)
         return (_like(values), points.new_empty(R, N, dtype=torch.int64),
                 points.new_empty(R, N, dtype=acc), value_centers.new_empty(R, M, d, dtype=acc),
-                points.new_empty(R, M, dtype=torch.int32))
+                points.new_empty(R, M, dtype=acc))
 
     @torch.library.custom_op(f'{ns}cluster_encode_backward_{impl}', mutates_args=())
-    def encode_backward(grad_out: Tensor, points: Tensor, centers: Tensor, alpha: Tensor,
-                        beta: Tensor, index: Tensor, cos: Tensor, g: Tensor,
-                        count: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        return _kernels(impl).encode_backward(grad_out, points, centers, alpha, beta,
-                                              index, cos, g, count)
+    def encode_backward(grad_out: Tensor, points: Tensor, values: Tensor, centers: Tensor,
+                        alpha: Tensor, beta: Tensor, index: Tensor, cos: Tensor, g: Tensor,
+                        denom: Tensor, weighted: bool = False
+                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return _kernels(impl).encode_backward(grad_out, points, values, centers, alpha, beta,
+                                              index, cos, g, denom, weighted)
 
     @encode_backward.register_fake
-    def _(grad_out, points, centers, alpha, beta, index, cos, g, count):
+    def _(grad_out, points, values, centers, alpha, beta, index, cos, g, denom,
+          weighted=False):
         scalar = grad_out.new_empty((), dtype=torch.float64)
         return (_like(points), _like(grad_out), _like(centers),
                 grad_out.new_empty(g.shape), scalar, _like(scalar))
 
     def encode_setup(ctx, inputs, output):
-        points, _, centers, _, alpha, beta = inputs
-        _, index, cos, g, count = output
-        ctx.save_for_backward(points, centers, alpha, beta, index, cos, g, count)
+        points, values, centers, _, alpha, beta = inputs[:6]
+        _, index, cos, g, denom = output
+        ctx.weighted = bool(inputs[6]) if len(inputs) > 6 else False
+        ctx.save_for_backward(points, values, centers, alpha, beta, index, cos, g, denom)
 
     def encode_grad(ctx, grad_out, *unused):
         # Only `out` is returned by the public op; the other outputs are
         # saved state, so their gradients are ignored.
-        points, centers, alpha, beta, index, cos, g, count = ctx.saved_tensors
+        points, values, centers, alpha, beta, index, cos, g, denom = ctx.saved_tensors
         if grad_out is None:
-            return None, None, None, None, None, None
-        gp, gv, gc, gvc, ga, gb = encode_backward(grad_out, points, centers, alpha, beta,
-                                                  index, cos, g, count)
-        return gp, gv, gc, gvc, _scalar_grad(ga, alpha), _scalar_grad(gb, beta)
+            return None, None, None, None, None, None, None
+        gp, gv, gc, gvc, ga, gb = encode_backward(grad_out, points, values, centers, alpha,
+                                                  beta, index, cos, g, denom, ctx.weighted)
+        return gp, gv, gc, gvc, _scalar_grad(ga, alpha), _scalar_grad(gb, beta), None
 
     encode.register_autograd(encode_grad, setup_context=encode_setup)
 
@@ -166,8 +173,9 @@ def _define(impl: str) -> dict:
 
     def cluster_encode(points: Tensor, values: Tensor, centers: Tensor,
                        value_centers: Tensor, alpha: Tensor, beta: Tensor,
-                       return_assignment: bool = False):
-        out, index, cos = encode(points, values, centers, value_centers, alpha, beta)[:3]
+                       return_assignment: bool = False, aggregation: str = 'mean'):
+        out, index, cos = encode(points, values, centers, value_centers, alpha, beta,
+                                 aggregation == 'similarity')[:3]
         if return_assignment:
             return out, index, cos.detach().to(points.dtype)
         return out

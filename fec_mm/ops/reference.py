@@ -11,7 +11,7 @@ Shapes (tensors flattened over batch·heads·regions = R):
     centers       (R, M, d)  pooled ``points``
     value_centers (R, M, d)  pooled ``values``
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +31,12 @@ def cosine_similarity_matrix(centers: Tensor, points: Tensor) -> Tensor:
                      F.normalize(points, dim=-1).transpose(1, 2))
 
 
-def _aggregate(values: Tensor, value_centers: Tensor, index: Tensor) -> Tensor:
-    """g_m = (vcenter_m + Σ_{a(n)=m} v_n) / (1 + #{n: a(n)=m}) (spec §2 step 6).
+def _aggregate(values: Tensor, value_centers: Tensor, index: Tensor,
+               weight: Optional[Tensor] = None) -> Tensor:
+    """g_m = (vcenter_m + Σ_{a(n)=m} w_n·v_n) / (1 + Σ_{a(n)=m} w_n).
+
+    ``weight`` None: w_n = 1, FEC's mean (spec §2 step 6); the similarities
+    s_n (R, N): Context Clusters' weighted center update (spec §7).
 
     Returns:
         Tensor: (R, M, d).
@@ -41,9 +45,10 @@ def _aggregate(values: Tensor, value_centers: Tensor, index: Tensor) -> Tensor:
     M = value_centers.shape[1]
     # Flatten (region, center) so that one index_add covers all regions.
     flat_index = (index + torch.arange(R, device=index.device)[:, None] * M).reshape(-1)
-    sums = values.new_zeros(R * M, d).index_add(0, flat_index, values.reshape(R * N, d))
-    counts = values.new_zeros(R * M).index_add(
-        0, flat_index, values.new_ones(R * N))
+    w = values.new_ones(R, N) if weight is None else weight
+    sums = values.new_zeros(R * M, d).index_add(
+        0, flat_index, (values * w[..., None]).reshape(R * N, d))
+    counts = values.new_zeros(R * M).index_add(0, flat_index, w.reshape(-1).to(values.dtype))
     return (value_centers + sums.view(R, M, d)) / (1.0 + counts.view(R, M, 1))
 
 
@@ -82,11 +87,14 @@ def chosen_cosine(points: Tensor, centers: Tensor, index: Tensor) -> Tensor:
 
 def cluster_encode_reference(points: Tensor, values: Tensor, centers: Tensor,
                              value_centers: Tensor, alpha: Tensor,
-                             beta: Tensor, return_assignment: bool = False):
+                             beta: Tensor, return_assignment: bool = False,
+                             aggregation: str = 'mean'):
     """Clustering-based feature encoding, steps 4-7 of the mixer (spec §2).
 
     s[m, n] = sigmoid(β + α·cos(center_m, f_n)); a(n) = argmax_m s[m, n];
-    out_n = s[a(n), n] · g_{a(n)}. Because sigmoid is increasing, the argmax
+    out_n = s[a(n), n] · g_{a(n)}, with g the plain mean of FEC
+    (``aggregation='mean'``) or Context Clusters' similarity-weighted one
+    (``'similarity'``, spec §7; ``_aggregate``). Because sigmoid is increasing, the argmax
     of s is the argmax of α·cos, which is what is computed (ties to the
     lowest index, also when α = 0 makes every s equal).
 
@@ -96,6 +104,7 @@ def cluster_encode_reference(points: Tensor, values: Tensor, centers: Tensor,
         alpha, beta (Tensor): learnable scalars, shape (1,) or ().
         return_assignment (bool): Also return the index (R, N) the
             aggregation used and the cosine (R, N) to the chosen center.
+        aggregation (str): 'mean' (FEC) or 'similarity' (Context Clusters).
 
     Returns:
         Tensor: (R, N, d), or (out, index, cos) with ``return_assignment``.
@@ -104,7 +113,8 @@ def cluster_encode_reference(points: Tensor, values: Tensor, centers: Tensor,
     scaled = alpha * cos_all
     index = scaled.argmax(dim=1)
     sim = torch.sigmoid(beta + scaled.gather(1, index[:, None]).squeeze(1))
-    g = _aggregate(values, value_centers, index)
+    g = _aggregate(values, value_centers, index,
+                   sim.to(values.dtype) if aggregation == 'similarity' else None)
     out = sim[..., None] * _gather_centers(g, index)
     if return_assignment:
         return out, index, cos_all.gather(1, index[:, None]).squeeze(1).detach()

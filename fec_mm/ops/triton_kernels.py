@@ -94,17 +94,19 @@ def _assign_kernel(P, CN, ALPHA, IDX, COS, N, M,
 
 
 @triton.jit
-def _segment_sum_kernel(X, WEIGHT, PERM, OFFSETS, BASE, OUT,
+def _segment_sum_kernel(X, WEIGHT, PERM, OFFSETS, BASE, OUT, DEN,
                         D: tl.constexpr, USE_WEIGHT: tl.constexpr, USE_BASE: tl.constexpr,
                         BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
-    """out[row] = (base[row] + Σ_members w_n·x_n) / (1 + count) (USE_BASE) or
-    Σ_members w_n·x_n, members of row in sorted point order: deterministic."""
+    """out[row] = (base[row] + Σ_members w_n·x_n) / den[row] with den[row] = 1 +
+    Σ_members w_n (w = 1 without USE_WEIGHT: 1 + count), stored in DEN (USE_BASE);
+    or Σ_members w_n·x_n. Members of row in sorted point order: deterministic."""
     row = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
     start = tl.load(OFFSETS + row)
     end = tl.load(OFFSETS + row + 1)
     acc = tl.zeros([BLOCK_D], tl.float32)
+    wsum = tl.zeros([BLOCK_K], tl.float32)
     for k0 in range(start, end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < end
@@ -112,11 +114,19 @@ def _segment_sum_kernel(X, WEIGHT, PERM, OFFSETS, BASE, OUT,
         x = tl.load(X + pts[:, None] * D + offs_d[None, :],
                     mask=mask_k[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
         if USE_WEIGHT:
-            x = x * tl.load(WEIGHT + pts, mask=mask_k, other=0.0)[:, None]
+            w = tl.load(WEIGHT + pts, mask=mask_k, other=0.0)
+            x = x * w[:, None]
+            wsum += w
         acc += tl.sum(x, axis=0)
     if USE_BASE:
         base = tl.load(BASE + row * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        acc = (base + acc) / (1.0 + (end - start).to(tl.float32))
+        if USE_WEIGHT:
+            den = 1.0 + tl.sum(wsum, axis=0)
+        else:
+            den = 1.0 + (end - start).to(tl.float32)
+        acc = (base + acc) / den
+        if tl.program_id(1) == 0:
+            tl.store(DEN + row, den)
     tl.store(OUT + row * D + offs_d, acc.to(OUT.dtype.element_ty), mask=mask_d)
 
 
@@ -147,15 +157,17 @@ def _dispatch_kernel(G, IDX, COS, ALPHA, BETA, OUT, N, M,
 
 
 @triton.jit
-def _point_backward_kernel(GRAD_OUT, G, GRAD_G, COUNT, IDX, COS, ALPHA, BETA, GRAD_COS,
+def _point_backward_kernel(GRAD_OUT, G, GRAD_G, DEN, IDX, COS, ALPHA, BETA, GRAD_COS, V,
                            P, CN, GRAD_V, GRAD_P, GZ, WEIGHT, N, M,
-                           D: tl.constexpr, ENCODE: tl.constexpr,
+                           D: tl.constexpr, ENCODE: tl.constexpr, WEIGHTED: tl.constexpr,
                            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """Per-point gradients; a point only meets its own center, so O(N·d).
 
-    ENCODE (out_n = s_n·g_a, s_n = sigmoid(β + α·cos_n)):
-        gz_n = (grad_out_n · g_a)·s_n(1 - s_n), grad_cos_n = α·gz_n,
-        grad_v_n = grad_g_a / (1 + count_a).
+    ENCODE (out_n = s_n·g_a, s_n = sigmoid(β + α·cos_n), g_a = (vc_a +
+    Σ w_k·v_k) / den_a with w = 1, or w = s when WEIGHTED (spec §7)):
+        gs_n = grad_out_n · g_a (+ grad_g_a · (v_n - g_a) / den_a, WEIGHTED),
+        gz_n = gs_n·s_n(1 - s_n), grad_cos_n = α·gz_n,
+        grad_v_n = w_n·grad_g_a / den_a.
     Always: grad_p_n = grad_cos_n · d(ĉ_a · p̂_n)/dp_n and the weight
     grad_cos_n / max(|p_n|, eps) of p_n in the centers' gradient.
     """
@@ -169,6 +181,7 @@ def _point_backward_kernel(GRAD_OUT, G, GRAD_G, COUNT, IDX, COS, ALPHA, BETA, GR
     sq = tl.zeros([BLOCK_N], tl.float32)
     pc = tl.zeros([BLOCK_N], tl.float32)
     og = tl.zeros([BLOCK_N], tl.float32)
+    gvg = tl.zeros([BLOCK_N], tl.float32)
     for k0 in range(0, D, BLOCK_D):
         offs_d = k0 + tl.arange(0, BLOCK_D)
         mask = mask_n[:, None] & (offs_d < D)[None, :]
@@ -182,14 +195,23 @@ def _point_backward_kernel(GRAD_OUT, G, GRAD_G, COUNT, IDX, COS, ALPHA, BETA, GR
                          other=0.0).to(tl.float32)
             g = tl.load(G + centre_rows[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
             og += tl.sum(go * g, axis=1)
+            if WEIGHTED:
+                v = tl.load(V + rows[:, None] * D + offs_d[None, :], mask=mask,
+                            other=0.0).to(tl.float32)
+                gg = tl.load(GRAD_G + centre_rows[:, None] * D + offs_d[None, :], mask=mask,
+                             other=0.0)
+                gvg += tl.sum(gg * (v - g), axis=1)
     if ENCODE:
         alpha = tl.load(ALPHA).to(tl.float32)
         s = tl.sigmoid(tl.load(BETA).to(tl.float32)
                        + alpha * tl.load(COS + rows, mask=mask_n, other=0.0))
+        inv = 1.0 / tl.load(DEN + centre_rows, mask=mask_n, other=1.0)
+        if WEIGHTED:
+            og += gvg * inv
+            inv = inv * s
         gz = og * s * (1.0 - s)
         tl.store(GZ + rows, gz, mask=mask_n)
         gcos = alpha * gz
-        inv = 1.0 / (1.0 + tl.load(COUNT + centre_rows, mask=mask_n, other=0).to(tl.float32))
     else:
         gcos = tl.load(GRAD_COS + rows, mask=mask_n, other=0.0).to(tl.float32)
     norm = tl.sqrt(sq)
@@ -266,13 +288,18 @@ def _members(index: Tensor, M: int) -> Tuple[Tensor, Tensor, Tensor]:
 
 
 def _segment_sum(x: Tensor, perm: Tensor, offsets: Tensor, M: int, weight: Tensor = None,
-                 base: Tensor = None, out_dtype: torch.dtype = torch.float32) -> Tensor:
+                 base: Tensor = None, out_dtype: torch.dtype = torch.float32,
+                 den: Tensor = None) -> Tensor:
+    """Segment sums (see the kernel); with ``base``, ``den`` (R, M) fp32 receives
+    the denominators when given."""
     R, _, d = x.shape
     out = torch.empty(R, M, d, dtype=out_dtype, device=x.device)
+    if base is not None and den is None:
+        den = torch.empty(R, M, dtype=torch.float32, device=x.device)
     block_d = _block_d(d)
     _segment_sum_kernel[(R * M, triton.cdiv(d, block_d))](
         x, weight if weight is not None else x, perm, offsets,
-        base if base is not None else x, out,
+        base if base is not None else x, out, den if den is not None else out,
         D=d, USE_WEIGHT=weight is not None, USE_BASE=base is not None,
         BLOCK_K=_BLOCK_K, BLOCK_D=block_d)
     return out
@@ -297,18 +324,20 @@ def _cos_backward(points: Tensor, centers: Tensor, cn: Tensor, index: Tensor,
     M = centers.shape[1]
     grad_p = torch.empty_like(points)
     weight = torch.empty(R, N, dtype=torch.float32, device=points.device)
+    weighted = False
     if encode is not None:
-        grad_out, g, grad_g, count, cos, alpha, beta = encode
+        grad_out, g, grad_g, den, cos, alpha, beta, values, weighted = encode
         grad_v = torch.empty_like(grad_out)
         gz = torch.empty(R, N, dtype=torch.float32, device=points.device)
-        args = (grad_out, g, grad_g, count, index, cos, alpha, beta, cos)
+        args = (grad_out, g, grad_g, den, index, cos, alpha, beta, cos, values)
     else:
         grad_v = gz = None
-        args = (points, points, points, index, index, points, points, points, grad_cos)
+        args = (points, points, points, points, index, points, points, points, grad_cos, points)
     _point_backward_kernel[_grid(R, N)](
         *args, points, cn, grad_v if grad_v is not None else grad_p, grad_p,
         gz if gz is not None else weight, weight, N, M,
-        D=d, ENCODE=encode is not None, BLOCK_N=_BLOCK_N, BLOCK_D=_block_d(d))
+        D=d, ENCODE=encode is not None, WEIGHTED=weighted,
+        BLOCK_N=_BLOCK_N, BLOCK_D=_block_d(d))
     perm, offsets, _ = _members(index, M)
     grad_cn = _segment_sum(points, perm, offsets, M, weight=weight)
     grad_c = _normalize_backward(centers, grad_cn).to(centers.dtype)
@@ -333,24 +362,29 @@ def assign_backward(grad_cos: Tensor, points: Tensor, centers: Tensor,
 
 
 def encode_forward(points: Tensor, values: Tensor, centers: Tensor, value_centers: Tensor,
-                   alpha: Tensor, beta: Tensor) -> Tuple[Tensor, ...]:
-    """(out (R,N,d), index, cos fp32, g (R,M,d) fp32, count (R,M) int32)."""
+                   alpha: Tensor, beta: Tensor, weighted: bool = False) -> Tuple[Tensor, ...]:
+    """(out (R,N,d), index, cos fp32, g (R,M,d) fp32, den (R,M) fp32): den is
+    1 + count, or 1 + Σ s of the members with ``weighted`` (spec §7)."""
     _check(points, values, centers, value_centers)
     points, values = points.contiguous(), values.contiguous()
     M = centers.shape[1]
     index, cos = _assign(points, _normalize(centers), alpha.reshape(1))
-    perm, offsets, count = _members(index, M)
-    g = _segment_sum(values, perm, offsets, M, base=value_centers.contiguous())
+    perm, offsets, _ = _members(index, M)
+    den = torch.empty(index.shape[0], M, dtype=torch.float32, device=points.device)
+    s = torch.sigmoid(beta.float() + alpha.float() * cos) if weighted else None
+    g = _segment_sum(values, perm, offsets, M, weight=s, base=value_centers.contiguous(),
+                     den=den)
     out = _dispatch(g, index, values.dtype, cos, alpha.reshape(1), beta.reshape(1))
-    return out, index, cos, g, count
+    return out, index, cos, g, den
 
 
-def encode_backward(grad_out: Tensor, points: Tensor, centers: Tensor, alpha: Tensor,
-                    beta: Tensor, index: Tensor, cos: Tensor, g: Tensor,
-                    count: Tensor) -> Tuple[Tensor, ...]:
+def encode_backward(grad_out: Tensor, points: Tensor, values: Tensor, centers: Tensor,
+                    alpha: Tensor, beta: Tensor, index: Tensor, cos: Tensor, g: Tensor,
+                    den: Tensor, weighted: bool = False) -> Tuple[Tensor, ...]:
     """Grads of (points, values, centers, value_centers, alpha, beta); the last
     two are 0-d float64."""
     grad_out, points, centers = grad_out.contiguous(), points.contiguous(), centers.contiguous()
+    values = values.contiguous()
     alpha, beta = alpha.reshape(1), beta.reshape(1)
     M = centers.shape[1]
     perm, offsets, _ = _members(index, M)
@@ -359,8 +393,8 @@ def encode_backward(grad_out: Tensor, points: Tensor, centers: Tensor, alpha: Te
     grad_g = _segment_sum(grad_out, perm, offsets, M, weight=s)
     grad_p, grad_c, grad_v, gz = _cos_backward(
         points, centers, _normalize(centers), index,
-        encode=(grad_out, g, grad_g, count, cos, alpha, beta))
-    grad_vc = (grad_g / (1.0 + count[..., None])).to(grad_out.dtype)
+        encode=(grad_out, g, grad_g, den, cos, alpha, beta, values, weighted))
+    grad_vc = (grad_g / den[..., None]).to(grad_out.dtype)
     grad_alpha = (gz.double() * cos.double()).sum()
     grad_beta = gz.double().sum()
     return grad_p, grad_v, grad_c, grad_vc, grad_alpha, grad_beta

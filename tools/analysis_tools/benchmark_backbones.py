@@ -8,7 +8,9 @@ Without options: 224² and 512², sweep 224/448/896 (~10 min, estimated). ``--qu
 only, sweep 224/448, one timed step. On a GPU: ``--device cuda``.
 
 Backbones (all with their four stage outputs, as a detector or segmentor
-uses them; drop path 0): FEC-Small and FEC-Base (``fec_mm``), ResNet-18/50,
+uses them; drop path 0): FEC-Small and FEC-Base, CoC-Tiny and CoC-Small
+(Context Clusters, centers 2 at 224² and 5 elsewhere, folds (8, 4, 2, 1);
+``fec_mm``), ResNet-18/50,
 PoolFormer-S12/S24, Swin-T and ConvNeXt-T (mmpretrain's implementations).
 FEC runs at the authors' setting for each size (FEC_SPEC.md §3): 224² centers
 (4, 4, 2, 2); 512² (10, 10, 5, 5); 800×1344 and the side sweep centers 7 with
@@ -64,6 +66,9 @@ from fec_mm.measure import measure_step
 BACKBONES: Dict[str, Tuple[str, dict]] = {
     'FEC-Small': ('fec', dict(arch='small')),
     'FEC-Base': ('fec', dict(arch='base')),
+    # Context Clusters, FEC's parent (docs/user_guides/context_cluster.md).
+    'CoC-Tiny': ('coc', dict(arch='tiny')),
+    'CoC-Small': ('coc', dict(arch='small')),
     'ResNet-18': ('mmpretrain', dict(type='ResNet', depth=18, out_indices=(0, 1, 2, 3))),
     'ResNet-50': ('mmpretrain', dict(type='ResNet', depth=50, out_indices=(0, 1, 2, 3))),
     'PoolFormer-S12': ('mmpretrain', dict(type='PoolFormer', arch='s12',
@@ -91,11 +96,22 @@ def fec_settings(size: Tuple[int, int], sweep: bool) -> dict:
     return dict(num_centers=(7, 7, 7, 7), folds=(2, 2, 1, 1))
 
 
+def coc_settings(size: Tuple[int, int], sweep: bool) -> dict:
+    """The authors' CoC centers per region: their classifiers' 2 (4 centers) at
+    224², else 5 (their detection and segmentation "-25" models); folds
+    (8, 4, 2, 1) throughout, as in all their models."""
+    centers = 2 if not sweep and size == (224, 224) else 5
+    return dict(num_centers=centers, folds=(8, 4, 2, 1))
+
+
 def build(name: str, size: Tuple[int, int], sweep: bool) -> torch.nn.Module:
     library, kwargs = BACKBONES[name]
     if library == 'fec':
         from fec_mm.models import FEC
         return FEC(**dict(fec_settings(size, sweep), **kwargs))
+    if library == 'coc':
+        from fec_mm.models import ContextCluster
+        return ContextCluster(**dict(coc_settings(size, sweep), **kwargs))
     from mmpretrain.registry import MODELS
     return MODELS.build(dict(kwargs))
 

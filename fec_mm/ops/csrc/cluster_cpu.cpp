@@ -1,5 +1,5 @@
 // CPU kernels of the FEC clustering ops (FEC_SPEC.md §2, mixer steps 4-7 and
-// cluster pooling). Semantics are those of fec_mm/ops/reference.py.
+// cluster pooling; the encoding also with Context Clusters' weighted update, §7). Semantics are those of fec_mm/ops/reference.py.
 //
 // Memory: nothing of size M×N or M×N×d is allocated. The assignment streams
 // over tiles of kPointBlock points × kCenterBlock centers: one BLAS call per
@@ -374,13 +374,12 @@ at::Tensor count_members(const at::Tensor& index, int64_t M) {
   return count;
 }
 
-// out[r, m] = (base[r, m] + Σ_{index[r,n]=m} weight[r,n]·x[r,n]) / div_m with
-// div_m = 1 + count[r, m] when `count` is given, else 1; base and weight are
-// optional. Tasks are (region, channel chunk) and points are summed in order
+// out[r, m] = (base[r, m] + Σ_{index[r,n]=m} weight[r,n]·x[r,n]) / div[r, m]
+// (1 when `div` is null); base and weight are optional. Tasks are (region, channel chunk) and points are summed in order
 // in double precision, so the result is bitwise reproducible.
 template <typename in_t, typename out_t>
 void scatter_rows(const at::Tensor& x, const double* weight, const at::Tensor& index,
-                  const at::Tensor& base, const int32_t* count, at::Tensor& out) {
+                  const at::Tensor& base, const double* div, at::Tensor& out) {
   const int64_t R = x.size(0), N = x.size(1), d = x.size(2), M = out.size(1);
   const int64_t chunks = (d + kChunk - 1) / kChunk;
   const in_t* x_ptr = x.data_ptr<in_t>();
@@ -401,23 +400,39 @@ void scatter_rows(const at::Tensor& x, const double* weight, const at::Tensor& i
       }
       for (int64_t m = 0; m < M; ++m) {
         const int64_t row = (r * M + m) * d + k0;
-        const double div = count ? 1.0 + count[r * M + m] : 1.0;
+        const double dm = div ? div[r * M + m] : 1.0;
         for (int64_t k = 0; k < w; ++k) {
           const double b = b_ptr ? static_cast<double>(b_ptr[row + k]) : 0.0;
-          o_ptr[row + k] = static_cast<out_t>((b + acc[m * w + k]) / div);
+          o_ptr[row + k] = static_cast<out_t>((b + acc[m * w + k]) / dm);
         }
       }
     }
   });
 }
 
-// g_m = (vcenter_m + Σ_{a(n)=m} v_n) / (1 + count_m), spec §2 step 6.
+// Denominators of the center update, double (R, M): 1 + count_m, or with
+// `weight` (the similarities s_n) 1 + Σ_{a(n)=m} s_n, summed in point order.
+at::Tensor denominators(const at::Tensor& index, int64_t M, const double* weight) {
+  const int64_t R = index.size(0), N = index.size(1);
+  at::Tensor den = at::ones({R, M}, index.options().dtype(at::kDouble));
+  const int64_t* idx = index.data_ptr<int64_t>();
+  double* d_ptr = den.data_ptr<double>();
+  at::parallel_for(0, R, grain(N), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      for (int64_t n = 0; n < N; ++n)
+        d_ptr[r * M + idx[r * N + n]] += weight ? weight[r * N + n] : 1.0;
+  });
+  return den;
+}
+
+// g_m = (vcenter_m + Σ_{a(n)=m} w_n·v_n) / den_m: FEC's mean (w = 1, spec §2
+// step 6) or Context Clusters' similarity-weighted update (w = s, spec §7).
 at::Tensor aggregate(const at::Tensor& values, const at::Tensor& value_centers,
-                     const at::Tensor& index, const at::Tensor& count) {
+                     const at::Tensor& index, const double* weight, const at::Tensor& den) {
   at::Tensor g = at::empty_like(value_centers);
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "cluster_aggregate", [&] {
-    scatter_rows<scalar_t, scalar_t>(values, nullptr, index, value_centers,
-                                     count.data_ptr<int32_t>(), g);
+    scatter_rows<scalar_t, scalar_t>(values, weight, index, value_centers,
+                                     den.data_ptr<double>(), g);
   });
   return g;
 }
@@ -501,10 +516,13 @@ std::tuple<at::Tensor, at::Tensor> cluster_assign_backward(const at::Tensor& gra
 }
 
 // Mixer steps 4-7: returns (out (R,N,d), index (R,N), cos (R,N), g (R,M,d),
-// count (R,M) int32); the last four are what backward needs.
+// den (R,M)); the last four are what backward needs. den_m is the center
+// update's denominator: 1 + count_m, or 1 + Σ_{a(n)=m} s_n when `weighted`
+// (Context Clusters, spec §7: g_m = (v_m + Σ s_n·v_n) / den_m).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cluster_encode_forward(
     const at::Tensor& points, const at::Tensor& values, const at::Tensor& centers,
-    const at::Tensor& value_centers, const at::Tensor& alpha, const at::Tensor& beta) {
+    const at::Tensor& value_centers, const at::Tensor& alpha, const at::Tensor& beta,
+    bool weighted) {
   at::NoGradGuard no_grad;  // autograd is handled in Python (library.py)
   check(points, "points");
   check(values, "values");
@@ -515,35 +533,49 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cluster_e
   const double a = alpha.item<double>(), b = beta.item<double>();
   at::Tensor index, cos;
   std::tie(index, cos) = assign(points, centers, alpha_sign(alpha));
-  const at::Tensor count = count_members(index, M);
-  at::Tensor g;
+  at::Tensor s = at::empty({R, N}, cos.options().dtype(at::kDouble));
+  double* s_ptr = s.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(cos.scalar_type(), "cluster_encode_similarity", [&] {
+    const scalar_t* cos_ptr = cos.data_ptr<scalar_t>();
+    at::parallel_for(0, R * N, grain(16), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i)
+        s_ptr[i] = sigmoid(b + a * static_cast<double>(cos_ptr[i]));
+    });
+  });
+  const double* weight = weighted ? s_ptr : nullptr;
+  const at::Tensor den = denominators(index, M, weight);
+  at::Tensor g = aggregate(values, value_centers, index, weight, den);
   at::Tensor out = at::empty_like(values);
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "cluster_encode_forward", [&] {
-    g = aggregate(values, value_centers, index, count);
     const scalar_t* g_ptr = g.data_ptr<scalar_t>();
-    const scalar_t* cos_ptr = cos.data_ptr<scalar_t>();
     const int64_t* idx = index.data_ptr<int64_t>();
     scalar_t* o_ptr = out.data_ptr<scalar_t>();
     at::parallel_for(0, R * N, grain(4 * d), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        const double s = sigmoid(b + a * static_cast<double>(cos_ptr[i]));
         const scalar_t* gr = g_ptr + ((i / N) * M + idx[i]) * d;
-        for (int64_t k = 0; k < d; ++k) o_ptr[i * d + k] = static_cast<scalar_t>(s * gr[k]);
+        for (int64_t k = 0; k < d; ++k)
+          o_ptr[i * d + k] = static_cast<scalar_t>(s_ptr[i] * gr[k]);
       }
     });
   });
-  return {out, index, cos, g, count};
+  return {out, index, cos, g, den.to(cos.scalar_type())};
 }
 
 // Backward of cluster_encode_forward: (grad points, values, centers,
 // value_centers, alpha, beta); alpha and beta grads are 0-d float64.
+// With out_n = s_n·g_a and g_a = (vc_a + Σ w_k·v_k) / den_a:
+//   grad_g_m = Σ_{a(n)=m} s_n·grad_out_n, grad vc_m = grad_g_m / den_m,
+//   grad v_n = w_n·grad_g_a / den_a, and
+//   grad s_n = grad_out_n·g_a (+ grad_g_a·(v_n - g_a) / den_a when w = s).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 cluster_encode_backward(const at::Tensor& grad_out, const at::Tensor& points,
-                        const at::Tensor& centers, const at::Tensor& alpha,
-                        const at::Tensor& beta, const at::Tensor& index, const at::Tensor& cos,
-                        const at::Tensor& g, const at::Tensor& count) {
+                        const at::Tensor& values, const at::Tensor& centers,
+                        const at::Tensor& alpha, const at::Tensor& beta, const at::Tensor& index,
+                        const at::Tensor& cos, const at::Tensor& g, const at::Tensor& denom,
+                        bool weighted) {
   at::NoGradGuard no_grad;  // autograd is handled in Python (library.py)
   check(grad_out, "grad_out");
+  check(values, "values");
   const int64_t R = grad_out.size(0), N = grad_out.size(1), d = grad_out.size(2);
   const int64_t M = g.size(1);
   const double a = alpha.item<double>(), b = beta.item<double>();
@@ -553,7 +585,8 @@ cluster_encode_backward(const at::Tensor& grad_out, const at::Tensor& points,
   at::Tensor grad_g = at::empty_like(g);  // Σ_{a(n)=m} s_n · grad_out_n
   at::Tensor gvc = at::empty_like(g);
   at::Tensor gv = at::empty_like(grad_out);
-  const int32_t* cnt = count.data_ptr<int32_t>();
+  const at::Tensor den = denom.to(at::kDouble).contiguous();
+  const double* den_ptr = den.data_ptr<double>();
   const int64_t* idx = index.data_ptr<int64_t>();
   double* s_ptr = s.data_ptr<double>();
   double* gz_ptr = gz.data_ptr<double>();
@@ -565,6 +598,7 @@ cluster_encode_backward(const at::Tensor& grad_out, const at::Tensor& points,
     });
     scatter_rows<scalar_t, scalar_t>(grad_out, s_ptr, index, at::Tensor(), nullptr, grad_g);
     const scalar_t* go = grad_out.data_ptr<scalar_t>();
+    const scalar_t* v_ptr = values.data_ptr<scalar_t>();
     const scalar_t* g_ptr = g.data_ptr<scalar_t>();
     const scalar_t* gg = grad_g.data_ptr<scalar_t>();
     scalar_t* gv_ptr = gv.data_ptr<scalar_t>();
@@ -572,17 +606,27 @@ cluster_encode_backward(const at::Tensor& grad_out, const at::Tensor& points,
     at::parallel_for(0, R * N, grain(4 * d), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t row = ((i / N) * M + idx[i]);
-        const double inv = 1.0 / (1.0 + cnt[row]);
+        const double inv = 1.0 / den_ptr[row];
         // out_n = s_n·g_a: d s_n = grad_out_n · g_a, through the sigmoid
-        gz_ptr[i] = dot(go + i * d, g_ptr + row * d, d) * s_ptr[i] * (1.0 - s_ptr[i]);
+        double gs = dot(go + i * d, g_ptr + row * d, d);
+        const double w = weighted ? s_ptr[i] : 1.0;
+        if (weighted) {
+          // d g_a / d s_n = (v_n - g_a) / den_a
+          double t = 0.0;
+          for (int64_t k = 0; k < d; ++k)
+            t += static_cast<double>(gg[row * d + k]) *
+                 (static_cast<double>(v_ptr[i * d + k]) - g_ptr[row * d + k]);
+          gs += t * inv;
+        }
+        gz_ptr[i] = gs * s_ptr[i] * (1.0 - s_ptr[i]);
         gcos_ptr[i] = a * gz_ptr[i];
         for (int64_t k = 0; k < d; ++k)
-          gv_ptr[i * d + k] = static_cast<scalar_t>(gg[row * d + k] * inv);
+          gv_ptr[i * d + k] = static_cast<scalar_t>(w * gg[row * d + k] * inv);
       }
     });
     at::parallel_for(0, R * M, grain(4 * d), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        const double inv = 1.0 / (1.0 + cnt[i]);
+        const double inv = 1.0 / den_ptr[i];
         for (int64_t k = 0; k < d; ++k)
           gvc_ptr[i * d + k] = static_cast<scalar_t>(gg[i * d + k] * inv);
       }
@@ -616,7 +660,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cluster_pool_forward(
   check(value_centers, "value_centers");
   at::Tensor index = std::get<0>(assign(points, centers, 1));
   const at::Tensor count = count_members(index, centers.size(1));
-  return {aggregate(values, value_centers, index, count), index, count};
+  const at::Tensor den = denominators(index, centers.size(1), nullptr);
+  return {aggregate(values, value_centers, index, nullptr, den), index, count};
 }
 
 // grad g (R,M,d) -> (grad values (R,N,d), grad value_centers (R,M,d)).

@@ -1,0 +1,7 @@
+# Semantic FPN, ADE20K, CoC-medium-4 (2x2 centers per region): the authors'
+# segmentation/configs/sem_fpn/fpn_coc_medium_2_ade20k_80k.py on fec-mm.
+# Their reported result (segmentation/README.md, not re-measured here): see
+# docs/user_guides/context_cluster.md. Otherwise as fpn_coc-small-4_ade20k-512x512_80k.py.
+_base_ = './fpn_coc-small-4_ade20k-512x512_80k.py'
+
+model = dict(backbone=dict(arch='medium', num_centers=2))
