@@ -91,11 +91,15 @@ dtypes and scalars (history buffers, NumPy's RNG state). Entries that are
 
 def register() -> None:
     """Allow :data:`MMENGINE_CHECKPOINT_GLOBALS` in torch's weights-only
-    unpickler and make :func:`load_checkpoint_file` mmengine's loader of
+    unpickler, make :func:`load_checkpoint_file` mmengine's loader of
     local paths (the empty prefix, matching every path no other scheme
-    claims). Idempotent."""
+    claims), and install the whole-model loading of models with an FEC
+    backbone (:mod:`fec_mm.models.whole_model`: the authors' files
+    converted, checkpoints lacking whole parts refused). Idempotent."""
+    from ..models import whole_model  # noqa: PLC0415 - models import this module
     torch.serialization.add_safe_globals(MMENGINE_CHECKPOINT_GLOBALS)
     CheckpointLoader.register_scheme(prefixes='', loader=load_checkpoint_file, force=True)
+    whole_model.install()
 
 
 # What torch's weights-only unpickler says of a forbidden global or call.

@@ -11,6 +11,8 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 from ..checkpoints import load_checkpoint_file, state_dict_of
+from ..models.checkpoint import convert_whole_model
+from ..models.whole_model import check_whole_model, fec_prefixes
 from .cli import (
     add_common_args,
     build_runner,
@@ -68,7 +70,10 @@ def check_checkpoint_fits(runner: Runner, filename: str, allow_other_shapes: boo
         filename (str): The local checkpoint.
         allow_other_shapes (bool): Accept missing and mis-shaped tensors as
             long as some weights are shared (fine-tuning with ``load_from``
-            into a model with other heads). Default False.
+            into a model with other heads). Default False. For models with
+            an FEC backbone, whole parts (neck, heads) are never optional
+            unless :func:`fec_mm.models.whole_model.backbone_only_loading`
+            is active (``load_from_backbone_only``).
 
     Raises:
         FileNotFoundError, fec_mm.checkpoints.CheckpointError: The file is
@@ -79,6 +84,11 @@ def check_checkpoint_fits(runner: Runner, filename: str, allow_other_shapes: boo
     checkpoint = load_checkpoint_file(filename, map_location='cpu')
     state_dict = {re.sub(r'^module\.', '', k): v for k, v in state_dict_of(checkpoint).items()}
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    if fec_prefixes(model):
+        # As the load will see it: the authors' files in fec-mm's names, and
+        # no part of the model left without weights.
+        state_dict, _ = convert_whole_model(state_dict)
+        check_whole_model(model, state_dict, filename)
     own = model.state_dict()
     shared = [k for k in own if k in state_dict]
     if not shared:
