@@ -65,7 +65,7 @@ def convert_reference_state_dict(state_dict: StateDict) -> StateDict:
     return OrderedDict((convert_reference_key(k), v) for k, v in state_dict.items())
 
 
-AUTHORS_CLASSIFIER = 'classification (timm layout)'
+AUTHORS_CLASSIFIER = 'timm layout (classifier, or a backbone alone)'
 AUTHORS_DENSE = 'whole model (mmdet 2.x / mmseg 0.x layout)'
 
 

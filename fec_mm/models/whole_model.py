@@ -30,7 +30,7 @@ from mmengine.logging import MMLogger
 from torch import Tensor
 
 from ..checkpoints.safe_load import last_read_file
-from .checkpoint import convert_whole_model
+from .checkpoint import check_weights_fit, convert_whole_model
 from .fec import FEC
 
 _state = threading.local()
@@ -90,12 +90,16 @@ def check_whole_model(model: nn.Module, state_dict: Dict[str, Tensor], source: s
         source (str): The file, for the message.
 
     Raises:
-        ValueError: Names the file, the missing parts and what to do.
+        ValueError: Names the file, the missing parts and what to do; for
+            an FEC backbone of another arch, the arch the file holds
+            (:func:`fec_mm.models.checkpoint.check_weights_fit`).
     """
+    prefixes = fec_prefixes(model)
+    for prefix in prefixes:  # another arch: say so, rather than list its missing blocks
+        check_weights_fit(model.get_submodule(prefix[:-1]), state_dict, prefix)
     parts = missing_parts(model, list(state_dict))
     if not parts:
         return
-    prefixes = fec_prefixes(model)
     has_backbone = any(k.startswith(p) for k in state_dict for p in prefixes)
     if getattr(_state, 'backbone_only', False) and has_backbone:
         MMLogger.get_current_instance().warning(
