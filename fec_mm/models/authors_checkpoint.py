@@ -14,7 +14,7 @@ import os.path as osp
 from typing import Any, Dict, List, Optional
 
 from ..checkpoints import load_checkpoint_file, save_checkpoint_atomic, state_dict_of
-from .checkpoint import convert_whole_model
+from .checkpoint import AUTHORS_CLASSIFIER, convert_whole_model
 
 # Whole-model key differences between mmdet 2.24 -> 3.3 (Mask R-CNN, FPN)
 # and mmseg 0.24 -> 1.2 (Semantic FPN): none. Both libraries' 3.x / 1.x
@@ -46,8 +46,9 @@ def convert_authors_checkpoint(src: str, dst: str) -> Dict[str, Any]:
         dst (str): Output path; written atomically.
 
     Returns:
-        dict: What was done: ``layout``, ``converted`` (backbone keys
-        renamed), ``kept`` (neck/head keys as they are), ``dropped``
+        dict: What was done: ``layout``, ``converted`` (keys mapped to
+        fec-mm's names: the backbone's, and a classifier's ``head``),
+        ``kept`` (neck/head keys of a whole detector or segmentor, as they are), ``dropped``
         (top-level entries and meta fields not written) and ``dataset_meta``.
 
     Raises:
@@ -63,7 +64,8 @@ def convert_authors_checkpoint(src: str, dst: str) -> Dict[str, Any]:
     if layout is None:
         raise ValueError(f'{src} is not in the authors\' layout (no network.* or '
                          'backbone.network.* keys); fec-mm checkpoints need no conversion')
-    renamed = sum(old != new for old, new in zip(state_dict, converted))
+    mapped = (len(converted) if layout == AUTHORS_CLASSIFIER
+              else sum(k.startswith('backbone.') for k in converted))
     meta = checkpoint.get('meta') if isinstance(checkpoint.get('meta'), dict) else {}
     dataset_meta = dataset_meta_of(meta)
     out_meta: Dict[str, Any] = {'converted_from': osp.basename(src)}
@@ -79,5 +81,5 @@ def convert_authors_checkpoint(src: str, dst: str) -> Dict[str, Any]:
     dropped += [f'meta.{k}' for k in sorted(meta) if k not in ('CLASSES', 'PALETTE',
                                                                 'dataset_meta', 'epoch', 'iter')]
     save_checkpoint_atomic({'state_dict': converted, 'meta': out_meta}, dst)
-    return dict(layout=layout, converted=renamed, kept=len(converted) - renamed,
+    return dict(layout=layout, converted=mapped, kept=len(converted) - mapped,
                 dropped=dropped, dataset_meta=dataset_meta)

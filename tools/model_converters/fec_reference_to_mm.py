@@ -30,7 +30,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     dataset_meta = report['dataset_meta'] or {}
     classes = dataset_meta.get('classes')
     print(f"{args.src}: the authors' {report['layout']}\n"
-          f"  converted: {report['converted']} backbone keys renamed to fec-mm's names\n"
+          f"  converted: {report['converted']} keys mapped to fec-mm's names "
+          "(backbone, classifier)\n"
           f"  kept: {report['kept']} keys as they are (neck, heads)\n"
           f"  dataset_meta: {len(classes) if classes else 'no'} class names"
           f"{', palette' if 'palette' in dataset_meta else ''}\n"
