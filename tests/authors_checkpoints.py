@@ -10,16 +10,49 @@ classification, mmcv-full 1.6's ``{'meta', 'state_dict', 'optimizer'}`` with
 an mmdet 2.24 / mmseg 0.24 ``meta`` for detection and segmentation.
 """
 import argparse
+import importlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, Optional
 
 import torch
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
 from torch import Tensor
 
 from fec_mm.models.checkpoint import convert_reference_key
 
 DATA = Path(__file__).resolve().parent / 'data'
+CONFIGS = str(Path(__file__).resolve().parents[1] / 'configs')
+TASK_CONFIGS = {
+    'det': {'small': 'fec_maskrcnn.py', 'base': 'fec_maskrcnn_base.py',
+            'large': 'fec_maskrcnn_large.py'},
+    'seg': {'small': 'fec_semfpn_ade20k.py', 'base': 'fec_semfpn_ade20k_base.py',
+            'large': 'fec_semfpn_ade20k_large.py'},
+    'cls': {size: f'fec_{size}_in1k.py' for size in ('small', 'base', 'large')},
+}
+SCOPES = {'det': 'mmdet', 'seg': 'mmseg', 'cls': 'mmpretrain'}
+CLASSES = ['person', 'bicycle', 'car']
+PALETTE = [[120, 120, 120], [180, 120, 120], [6, 230, 230]]
+
+
+def build(task: str, size: str, seed: int = 0) -> torch.nn.Module:
+    """The model of our config for ``task`` and ``size``, on CPU, eval mode."""
+    from mmengine.model import revert_sync_batchnorm
+    cfg = Config.fromfile(f'{CONFIGS}/{TASK_CONFIGS[task][size]}')
+    torch.manual_seed(seed)
+    registry = importlib.import_module(f'{SCOPES[task]}.registry').MODELS
+    with DefaultScope.overwrite_default_scope(SCOPES[task]):
+        model = registry.build(cfg.model)
+    return revert_sync_batchnorm(model).eval()
+
+
+def perturbed(model: torch.nn.Module, seed: int) -> dict:
+    """The model's state dict with every float tensor moved, so that a
+    load that skipped a tensor shows."""
+    gen = torch.Generator().manual_seed(seed)
+    return {k: v + 0.01 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+            for k, v in model.state_dict().items()}
 
 
 def authors_keys(size: str, dense: bool) -> 'OrderedDict[str, tuple]':

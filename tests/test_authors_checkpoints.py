@@ -11,7 +11,16 @@ import mmcv
 import numpy as np
 import pytest
 import torch
-from authors_checkpoints import authors_file, authors_keys
+from authors_checkpoints import (
+    CLASSES,
+    CONFIGS,
+    PALETTE,
+    SCOPES,
+    authors_file,
+    authors_keys,
+    build,
+    perturbed,
+)
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 from mmengine.runner import load_checkpoint
@@ -20,40 +29,6 @@ from fec_mm.models.whole_model import backbone_only_loading
 
 sys.path.insert(0, osp.join(osp.dirname(__file__), '..', 'tools', 'model_converters'))
 from fec_reference_to_mm import main as convert_tool  # noqa: E402
-
-CONFIGS = osp.join(osp.dirname(__file__), '..', 'configs')
-TASK_CONFIGS = {
-    'det': {'small': 'fec_maskrcnn.py', 'base': 'fec_maskrcnn_base.py',
-            'large': 'fec_maskrcnn_large.py'},
-    'seg': {'small': 'fec_semfpn_ade20k.py', 'base': 'fec_semfpn_ade20k_base.py',
-            'large': 'fec_semfpn_ade20k_large.py'},
-    'cls': {size: f'fec_{size}_in1k.py' for size in ('small', 'base', 'large')},
-}
-SCOPES = {'det': 'mmdet', 'seg': 'mmseg', 'cls': 'mmpretrain'}
-CLASSES = ['person', 'bicycle', 'car']
-PALETTE = [[120, 120, 120], [180, 120, 120], [6, 230, 230]]
-
-
-def build(task: str, size: str, seed: int = 0) -> torch.nn.Module:
-    """The model of our config for ``task`` and ``size``, on CPU, eval mode."""
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import MODELS
-    cfg = Config.fromfile(osp.join(CONFIGS, TASK_CONFIGS[task][size]))
-    torch.manual_seed(seed)
-    with DefaultScope.overwrite_default_scope(SCOPES[task]):
-        import_scope = {'det': 'mmdet.registry', 'seg': 'mmseg.registry',
-                        'cls': 'mmpretrain.registry'}[task]
-        registry = __import__(import_scope, fromlist=['MODELS']).MODELS
-        model = (registry or MODELS).build(cfg.model)
-    return revert_sync_batchnorm(model).eval()
-
-
-def perturbed(model: torch.nn.Module, seed: int) -> dict:
-    """The model's state dict with every float tensor moved, so that a
-    load that skipped a tensor shows."""
-    gen = torch.Generator().manual_seed(seed)
-    return {k: v + 0.01 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
-            for k, v in model.state_dict().items()}
 
 
 @pytest.mark.parametrize('size', ['small', 'base', 'large'])
