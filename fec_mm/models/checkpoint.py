@@ -142,6 +142,17 @@ def guess_fec_arch(state_dict: StateDict) -> Optional[str]:
     return f'depths {tuple(depths)}, widths {tuple(widths)}, mixer channels {tuple(dims)}'
 
 
+def describe_fec_weights(state_dict: StateDict, prefix: str = '') -> str:
+    """'the file holds FEC(arch=...) weights' for the FEC weights under
+    ``prefix`` (a description of depths and widths for a custom arch), or ''
+    when there are none."""
+    theirs = guess_fec_arch({k[len(prefix):]: v for k, v in state_dict.items()
+                             if k.startswith(prefix)})
+    if theirs in FEC_PRESETS:
+        return f"the file holds FEC(arch='{theirs}') weights"
+    return f'the file holds an FEC with {theirs}' if theirs else ''
+
+
 def read_state_dict(filename: str, map_location: str = 'cpu') -> StateDict:
     """Read a checkpoint file and return its tensors.
 
@@ -190,11 +201,8 @@ def check_weights_fit(model: nn.Module, state_dict: StateDict, prefix: str = '')
     mismatched = [f'{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}'
                   for k in ours if k in own and state_dict[k].shape != own[k].shape]
     if mismatched:
-        theirs = guess_fec_arch({k[len(prefix):]: v for k, v in state_dict.items()
-                                 if k.startswith(prefix)})
-        what = (f"the file holds FEC(arch='{theirs}') weights" if theirs in FEC_PRESETS else
-                f'the file holds an FEC with {theirs}' if theirs else
-                'a checkpoint of another FEC arch or another model?')
+        what = (describe_fec_weights(state_dict, prefix)
+                or 'a checkpoint of another FEC arch or another model?')
         raise ValueError(f'{arch} cannot take these weights{source}: {len(mismatched)} tensors '
                          f'have other shapes (checkpoint vs model), e.g. {mismatched[:3]}; '
                          f'{what}')
