@@ -121,3 +121,14 @@ def test_load_from_backbone_only_needs_load_from():
         args = build_train_parser().parse_args([config, '--cfg-options', *options])
         with pytest.raises(ValueError, match=message):
             build_train_config(args)
+
+
+def test_analysis_tools_take_the_authors_files(tmp_path):
+    """cluster_quality / vis_clusters read checkpoints themselves (backbone
+    only); the authors' whole-model files go through the same conversion."""
+    from fec_mm.analysis.partitions import backbone_from_config
+    source = perturbed(build('seg', 'small'), 1)
+    path = authors_file(source, 'small', 'seg', tmp_path / 'seg.pth', CLASSES, PALETTE)
+    cfg = Config.fromfile(osp.join(CONFIGS, 'fec_semfpn_ade20k.py'))
+    backbone = backbone_from_config(cfg, str(path))
+    assert all(torch.equal(v, source['backbone.' + k]) for k, v in backbone.state_dict().items())
