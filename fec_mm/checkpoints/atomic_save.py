@@ -51,7 +51,7 @@ def write_text_atomic(path: str, text: str) -> None:
     fsync_replace(partial, path)
 
 
-def save_checkpoint_atomic(obj: Any, path: str) -> None:
+def torch_save_atomic(obj: Any, path: str) -> None:
     """``torch.save(obj, path)`` that a kill, a power loss or a full disk
     cannot leave half-written: written to ``path.partial``, flushed, renamed.
 

@@ -13,7 +13,7 @@ names with an mmengine-style ``meta`` (``dataset_meta`` with ``classes`` and
 import os.path as osp
 from typing import Any, Dict, List, Optional
 
-from ..checkpoints import load_checkpoint_file, save_checkpoint_atomic, state_dict_of
+from ..checkpoints import load_checkpoint_file, state_dict_of, torch_save_atomic
 from .checkpoint import AUTHORS_CLASSIFIER, convert_whole_model
 
 # Whole-model key differences between mmdet 2.24 -> 3.3 (Mask R-CNN, FPN)
@@ -80,6 +80,6 @@ def convert_authors_checkpoint(src: str, dst: str) -> Dict[str, Any]:
                                 and k not in state_dict)
     dropped += [f'meta.{k}' for k in sorted(meta) if k not in ('CLASSES', 'PALETTE',
                                                                 'dataset_meta', 'epoch', 'iter')]
-    save_checkpoint_atomic({'state_dict': converted, 'meta': out_meta}, dst)
+    torch_save_atomic({'state_dict': converted, 'meta': out_meta}, dst)
     return dict(layout=layout, converted=mapped, kept=len(converted) - mapped,
                 dropped=dropped, dataset_meta=dataset_meta)
