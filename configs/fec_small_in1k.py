@@ -12,6 +12,16 @@
 # drop path 0.1, RandAugment, Mixup 0.8 / CutMix 1.0, label smoothing 0.1,
 # random erasing 0.25 (mmpretrain's Swin data pipeline). The authors trained
 # with AMP: add --amp to tools/train.py on GPUs.
+
+# Evaluation, compared with the authors' validate.py / cmds/validate.sh
+# (timm 0.9.7, guikunchen/FEC 9ab075b): their models carry no timm
+# pretrained_cfg, so timm's defaults apply: shorter side resized to
+# floor(224 / 0.875) = 256 (bicubic, PIL), center crop 224, ImageNet mean/std;
+# the same as mmpretrain's pipeline here (ResizeEdge 256 bicubic with pillow,
+# CenterCrop 224). Differs: the long side is rounded to nearest here and
+# floored by torchvision (at most one pixel, shifting the center crop by
+# half a pixel at most). Expected effect on top-1: within noise (not measured:
+# no ImageNet or weights on the machines of this project).
 _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
     'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',

@@ -68,6 +68,21 @@ def trained(name: str, demo_root: Path, tmp: Path):
     return config, checkpoint
 
 
+@pytest.fixture(scope='module')
+def det_trained(demo_root, tmp_path_factory):
+    return trained('fec_maskrcnn_demo.py', demo_root, tmp_path_factory.mktemp('det'))
+
+
+@pytest.fixture(scope='module')
+def seg_trained(demo_root, tmp_path_factory):
+    return trained('fec_semfpn_demo.py', demo_root, tmp_path_factory.mktemp('seg'))
+
+
+@pytest.fixture(scope='module')
+def cls_trained(demo_root, tmp_path_factory):
+    return trained('fec_cls_demo.py', demo_root, tmp_path_factory.mktemp('cls'))
+
+
 def run_fresh(code: str, **paths) -> dict:
     """Run ``code`` in a new interpreter (the library is imported before any
     config is read); it prints one JSON line, returned here."""
@@ -106,8 +121,8 @@ def bad_checkpoints(checkpoint: Path, tmp: Path) -> dict:
     return dict(truncated=truncated, not_weights=not_weights)
 
 
-def test_mmdet_apis_and_packaged_test_tool(demo_root, photo, tmp_path):
-    config, checkpoint = trained('fec_maskrcnn_demo.py', demo_root, tmp_path)
+def test_mmdet_apis_and_packaged_test_tool(det_trained, photo, tmp_path):
+    config, checkpoint = det_trained
     out = run_fresh(SAME_WEIGHTS + '''
 from mmdet.apis import DetInferencer, inference_detector, init_detector
 inferencer = DetInferencer(model=config, weights=checkpoint, device='cpu')
@@ -161,8 +176,8 @@ import json; print(json.dumps(dict(loaded=same_weights(inferencer.model, publish
     assert out['loaded']
 
 
-def test_mmseg_apis(demo_root, photo, tmp_path):
-    config, checkpoint = trained('fec_semfpn_demo.py', demo_root, tmp_path)
+def test_mmseg_apis(seg_trained, photo, tmp_path):
+    config, checkpoint = seg_trained
     other_arch = tmp_path / 'base.pth'
     saved = torch.load(checkpoint, weights_only=False)
     from fec_mm.models import FEC
@@ -188,8 +203,8 @@ import json; print(json.dumps(print_json))
     assert 'base.pth' in out['other_arch']
 
 
-def test_mmpretrain_apis_and_packaged_test_tool(demo_root, photo, tmp_path):
-    config, checkpoint = trained('fec_cls_demo.py', demo_root, tmp_path)
+def test_mmpretrain_apis_and_packaged_test_tool(cls_trained, photo, tmp_path):
+    config, checkpoint = cls_trained
     out = run_fresh(SAME_WEIGHTS + '''
 from mmpretrain import ImageClassificationInferencer, get_model
 model = get_model(config, pretrained=checkpoint, device='cpu')
@@ -214,3 +229,132 @@ import json; print(json.dumps(print_json))
     assert result.returncode == 0, result.stderr[-4000:]
     assert 'accuracy/top1' in result.stdout + result.stderr
     assert np.isfinite(float(result.stdout.split('accuracy/top1:')[-1].split()[0]))
+
+
+# The authors' released files, laid out as their training wrote them
+# (tests/authors_checkpoints.py), made of a trained demo model's weights:
+# loaded as they are through each library's API and tools/test.py, they give
+# the weights of the demo checkpoint and the predictions of the converted
+# file; another task's file is refused naming the parts it lacks.
+AS_RELEASED = SAME_WEIGHTS + """
+import json
+def as_json(**values):
+    print(json.dumps(values))
+"""
+
+
+def as_released(trained_pair, task: str, tmp: Path) -> dict:
+    """The authors'-layout file of a trained demo checkpoint, its converted
+    form, and an authors' file of another task (small, random weights)."""
+    from authors_checkpoints import authors_file, build, perturbed
+    from fec_reference_to_mm import main as convert_tool
+    config, checkpoint = trained_pair
+    saved = torch.load(checkpoint, weights_only=False)
+    meta = saved['meta'].get('dataset_meta', {})
+    authors = authors_file(saved['state_dict'], 'small', task, tmp / f'authors_{task}.pth',
+                           classes=meta.get('classes'), palette=meta.get('palette'))
+    converted = tmp / f'authors_{task}_converted.pth'
+    convert_tool([str(authors), str(converted)])
+    other_task = 'det' if task == 'cls' else 'cls'
+    other = authors_file(perturbed(build(other_task, 'small'), 1), 'small', other_task,
+                         tmp / f'authors_{other_task}.pth', classes=['a', 'b', 'c'])
+    return dict(config=config, checkpoint=checkpoint, authors=authors, converted=converted,
+                other=other, work=tmp / 'work')
+
+
+sys.path.insert(0, str(REPO / 'tools' / 'model_converters'))
+
+
+def test_authors_detector_as_released(det_trained, photo, tmp_path):
+    out = run_fresh(AS_RELEASED + """
+from mmdet.apis import DetInferencer, init_detector
+from mmengine.config import Config
+from mmengine.runner import Runner
+from fec_mm.engine.testing import build_test_parser, test
+from fec_mm.models.whole_model import backbone_only_loading
+preds, loaded = [], []
+for weights in (authors, converted, checkpoint):
+    inferencer = DetInferencer(model=config, weights=weights, device='cpu')
+    p = inferencer(photo, return_vis=False, return_datasamples=True)['predictions'][0]
+    preds.append(p.pred_instances)
+    loaded.append(same_weights(inferencer.model, checkpoint))
+model = init_detector(config, authors, device='cpu')
+metrics = [test(build_test_parser().parse_args([config, w, '--work-dir', f'{work}/{i}']))
+           for i, w in enumerate((authors, converted))]
+cfg = Config.fromfile(config)
+cfg.work_dir, cfg.load_from = f'{work}/load_from', authors
+runner = Runner.from_cfg(cfg)
+runner.load_or_resume()
+def load_from_other(backbone_only):
+    cfg.load_from = other
+    runner = Runner.from_cfg(cfg)
+    if backbone_only:
+        with backbone_only_loading():
+            runner.load_or_resume()
+    else:
+        runner.load_or_resume()
+same = lambda a, b: all(torch.equal(a[k], b[k]) for k in ('bboxes', 'scores', 'labels', 'masks'))
+as_json(loaded=loaded, init_loaded=same_weights(model, checkpoint),
+        load_from_loaded=same_weights(runner.model, checkpoint),
+        classes=list(model.dataset_meta['classes']), detections=len(preds[0]),
+        same_as_converted=same(preds[0], preds[1]), same_as_ours=same(preds[0], preds[2]),
+        metrics=metrics, other_init=error_of(lambda: init_detector(config, other, device='cpu')),
+        other_inferencer=error_of(lambda: DetInferencer(model=config, weights=other,
+                                                        device='cpu')),
+        other_load_from=error_of(lambda: load_from_other(False)),
+        other_backbone_only=error_of(lambda: load_from_other(True)))
+""", photo=photo, **as_released(det_trained, 'det', tmp_path))
+    assert out['loaded'] == [True] * 3 and out['init_loaded'] and out['load_from_loaded']
+    assert out['classes'] == ['circle', 'square', 'triangle']
+    assert out['same_as_converted'] and out['same_as_ours'] and out['detections'] > 0
+    assert out['metrics'][0] == out['metrics'][1] and 'coco/bbox_mAP' in out['metrics'][0]
+    for key in ('other_init', 'other_inferencer', 'other_load_from'):
+        assert 'authors_cls.pth is not a whole MaskRCNN' in out[key], out[key]
+        assert 'neck, rpn_head, roi_head' in out[key]
+    assert out['other_backbone_only'] is None
+
+
+def test_authors_segmentor_as_released(seg_trained, photo, tmp_path):
+    out = run_fresh(AS_RELEASED + """
+from mmseg.apis import MMSegInferencer, inference_model, init_model
+preds, loaded = [], []
+for weights in (authors, converted, checkpoint):
+    inferencer = MMSegInferencer(model=config, weights=weights, device='cpu')
+    preds.append(inferencer(photo, return_datasamples=True).pred_sem_seg.data)
+    loaded.append(same_weights(inferencer.model, checkpoint))
+model = init_model(config, authors, device='cpu')
+by_init = inference_model(model, photo).pred_sem_seg.data
+as_json(loaded=loaded, init_loaded=same_weights(model, checkpoint),
+        meta=model.dataset_meta, inferencer_meta=inferencer.model.dataset_meta,
+        same_as_converted=bool(torch.equal(preds[0], preds[1])),
+        same_as_ours=bool(torch.equal(preds[0], preds[2])),
+        same_by_init=bool(torch.equal(preds[0], by_init)),
+        other_init=error_of(lambda: init_model(config, other, device='cpu')),
+        other_inferencer=error_of(lambda: MMSegInferencer(model=config, weights=other,
+                                                          device='cpu')))
+""", photo=photo, **as_released(seg_trained, 'seg', tmp_path))
+    assert out['loaded'] == [True] * 3 and out['init_loaded']
+    assert out['meta']['classes'] == ['painting', 'box', 'ball', 'flag']
+    assert len(out['meta']['palette']) == 4
+    assert out['same_as_converted'] and out['same_as_ours'] and out['same_by_init']
+    for key in ('other_init', 'other_inferencer'):
+        assert 'authors_cls.pth is not a whole EncoderDecoder' in out[key], out[key]
+        assert 'neck, decode_head' in out[key]
+
+
+def test_authors_classifier_as_released(cls_trained, photo, tmp_path):
+    out = run_fresh(AS_RELEASED + """
+from mmpretrain import ImageClassificationInferencer, get_model
+scores, loaded = [], []
+for weights in (authors, converted, checkpoint):
+    inferencer = ImageClassificationInferencer(model=config, pretrained=weights, device='cpu')
+    scores.append(inferencer(photo)[0]['pred_scores'].tolist())
+    loaded.append(same_weights(inferencer.model, checkpoint))
+model = get_model(config, pretrained=authors, device='cpu')
+as_json(loaded=loaded, get_model_loaded=same_weights(model, checkpoint), scores=scores,
+        other=error_of(lambda: get_model(config, pretrained=other, device='cpu')))
+""", photo=photo, **as_released(cls_trained, 'cls', tmp_path))
+    assert out['loaded'] == [True] * 3 and out['get_model_loaded']
+    assert out['scores'][0] == out['scores'][1] == out['scores'][2]
+    assert 'authors_det.pth is not a whole ImageClassifier' in out['other']
+    assert 'no weights for head (' in out['other']

@@ -10,7 +10,12 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
-from ..models.checkpoint import backbone_state_dict, check_weights_fit, read_state_dict
+from ..models.checkpoint import (
+    backbone_state_dict,
+    check_weights_fit,
+    convert_whole_model,
+    read_state_dict,
+)
 from ..visualization.cluster_maps import cluster_maps
 
 
@@ -145,7 +150,7 @@ def backbone_from_config(cfg: Config, checkpoint: Optional[str] = None,
     backbone = MODELS.build(bcfg)
     if checkpoint is None:  # construction applies the default init (spec §2)
         return backbone.eval()
-    state_dict = read_state_dict(checkpoint)
+    state_dict, _ = convert_whole_model(read_state_dict(checkpoint))  # the authors' files too
     prefix = 'backbone.' if any(k.startswith('backbone.') for k in state_dict) else ''
     check_weights_fit(backbone, state_dict, prefix)
     weights = backbone_state_dict(state_dict, prefix or None)

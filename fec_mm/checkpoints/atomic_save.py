@@ -16,8 +16,9 @@ may be stale, empty, or an absolute path of a work dir that was moved).
 import os
 import os.path as osp
 import re
-from typing import List, Optional
+from typing import Any, List, Optional
 
+import torch
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
@@ -48,6 +49,27 @@ def write_text_atomic(path: str, text: str) -> None:
     with open(partial, 'w') as f:
         f.write(text)
     fsync_replace(partial, path)
+
+
+def torch_save_atomic(obj: Any, path: str) -> None:
+    """``torch.save(obj, path)`` that a kill, a power loss or a full disk
+    cannot leave half-written: written to ``path.partial``, flushed, renamed.
+
+    Raises:
+        OSError: The folder cannot be created or written (names the path);
+            no partial file is left.
+    """
+    folder = osp.dirname(osp.abspath(path))
+    partial = path + PARTIAL_SUFFIX
+    try:
+        os.makedirs(folder, exist_ok=True)
+        torch.save(obj, partial)
+        fsync_replace(partial, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a closed stream as RuntimeError
+        raise OSError(f'cannot write {path}: {err}') from err
+    finally:
+        if osp.exists(partial):
+            os.remove(partial)
 
 
 @HOOKS.register_module()

@@ -12,7 +12,9 @@ Trust model. mmengine's main branch answered this by passing
 ``weights_only=False`` in its loaders, which lets any checkpoint file run
 arbitrary code while it is unpickled. We keep the weights-only unpickler
 and allow exactly the types mmengine checkpoints hold
-(:data:`MMENGINE_CHECKPOINT_GLOBALS`): plain data containers whose
+(:data:`MMENGINE_CHECKPOINT_GLOBALS`, and the ``argparse.Namespace`` in
+which timm's training script, hence the authors' classification files,
+stores its arguments: :data:`TIMM_CHECKPOINT_GLOBALS`): plain data containers whose
 unpickling constructs values and calls no other code, the list torch's own
 documentation gives for NumPy arrays. A file that names any other global
 (a class with a malicious ``__reduce__``, say) is still refused, by every
@@ -27,6 +29,7 @@ mmengine's behaviour for good files and turns bad ones into a
 truncated or corrupted zip, not a checkpoint, unsafe contents, non-finite
 weights).
 """
+import argparse
 import os.path as osp
 import pickle
 import re
@@ -89,13 +92,26 @@ dtypes and scalars (history buffers, NumPy's RNG state). Entries that are
 ``(object, name)`` pairs serve the object under that pickled name."""
 
 
+TIMM_CHECKPOINT_GLOBALS: List[Any] = [argparse.Namespace]
+"""Non-tensor types in checkpoints that timm's training script writes (the
+authors' classification files): its command-line ``args``, an
+``argparse.Namespace``, which unpickles as an empty namespace whose
+attributes are then set to the (equally checked) values of the file; no
+code of the file runs."""
+
+
 def register() -> None:
-    """Allow :data:`MMENGINE_CHECKPOINT_GLOBALS` in torch's weights-only
-    unpickler and make :func:`load_checkpoint_file` mmengine's loader of
+    """Allow :data:`MMENGINE_CHECKPOINT_GLOBALS` and
+    :data:`TIMM_CHECKPOINT_GLOBALS` in torch's weights-only
+    unpickler, make :func:`load_checkpoint_file` mmengine's loader of
     local paths (the empty prefix, matching every path no other scheme
-    claims). Idempotent."""
-    torch.serialization.add_safe_globals(MMENGINE_CHECKPOINT_GLOBALS)
+    claims), and install the whole-model loading of models with an FEC
+    backbone (:mod:`fec_mm.models.whole_model`: the authors' files
+    converted, checkpoints lacking whole parts refused). Idempotent."""
+    from ..models import whole_model  # noqa: PLC0415 - models import this module
+    torch.serialization.add_safe_globals(MMENGINE_CHECKPOINT_GLOBALS + TIMM_CHECKPOINT_GLOBALS)
     CheckpointLoader.register_scheme(prefixes='', loader=load_checkpoint_file, force=True)
+    whole_model.install()
 
 
 # What torch's weights-only unpickler says of a forbidden global or call.

@@ -11,6 +11,8 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 from ..checkpoints import load_checkpoint_file, state_dict_of
+from ..models.checkpoint import convert_whole_model, describe_fec_weights
+from ..models.whole_model import check_whole_model, fec_prefixes, missing_parts
 from .cli import (
     add_common_args,
     build_runner,
@@ -68,7 +70,10 @@ def check_checkpoint_fits(runner: Runner, filename: str, allow_other_shapes: boo
         filename (str): The local checkpoint.
         allow_other_shapes (bool): Accept missing and mis-shaped tensors as
             long as some weights are shared (fine-tuning with ``load_from``
-            into a model with other heads). Default False.
+            into a model with other heads). Default False. For models with
+            an FEC backbone, whole parts (neck, heads) are never optional
+            unless :func:`fec_mm.models.whole_model.backbone_only_loading`
+            is active (``load_from_backbone_only``).
 
     Raises:
         FileNotFoundError, fec_mm.checkpoints.CheckpointError: The file is
@@ -79,23 +84,31 @@ def check_checkpoint_fits(runner: Runner, filename: str, allow_other_shapes: boo
     checkpoint = load_checkpoint_file(filename, map_location='cpu')
     state_dict = {re.sub(r'^module\.', '', k): v for k, v in state_dict_of(checkpoint).items()}
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    fec = bool(fec_prefixes(model))
+    if fec:  # as the load will see it: the authors' files in fec-mm's names
+        state_dict, _ = convert_whole_model(state_dict)
     own = model.state_dict()
     shared = [k for k in own if k in state_dict]
     if not shared:
         raise ValueError(f'checkpoint {filename} shares no weight with the model (another '
                          f'model?); its first keys: {list(state_dict)[:5]}')
-    if allow_other_shapes:
-        return
-    missing = [k for k in own if k not in state_dict]
-    if missing:
-        raise ValueError(f'checkpoint {filename} lacks {len(missing)} of the model\'s '
-                         f'{len(own)} weights (another model or config?), e.g. {missing[:5]}')
     mismatched = [f'{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}'
                   for k in shared if state_dict[k].shape != own[k].shape]
-    if mismatched:
+    if mismatched and not allow_other_shapes:
+        archs = [describe_fec_weights(state_dict, p) for p in fec_prefixes(model)]
+        archs = ''.join(f'; {a}' for a in archs if a)
         raise ValueError(f'checkpoint {filename}: {len(mismatched)} weights have other shapes '
                          f'than the model\'s (checkpoint vs model; another arch or config?), '
-                         f'e.g. {mismatched[:3]}')
+                         f'e.g. {mismatched[:3]}{archs}')
+    missing = [k for k in own if k not in state_dict]
+    if missing and not allow_other_shapes:
+        parts = missing_parts(model, list(state_dict))
+        parts = f'; parts without any weight: {", ".join(parts)}' if parts else ''
+        raise ValueError(f'checkpoint {filename} lacks {len(missing)} of the model\'s '
+                         f'{len(own)} weights (another model or config?), e.g. {missing[:5]}'
+                         f'{parts}')
+    if fec:  # fine-tuning too: no whole part (neck, heads) without weights; the arch
+        check_whole_model(model, state_dict, filename)
 
 
 def test(args: argparse.Namespace) -> dict:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import os.path as osp
+from contextlib import nullcontext
 from typing import Optional, Sequence
 
 import torch
@@ -14,6 +15,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from ..checkpoints import AtomicCheckpointHook, find_resumable_checkpoint, load_checkpoint_file
+from ..models.whole_model import backbone_only_loading
 from .cli import (
     add_common_args,
     build_runner,
@@ -120,6 +122,15 @@ def build_train_config(args: argparse.Namespace) -> Config:
             custom_imports['imports'] = imports + [__package__]
             cfg.custom_imports = custom_imports
 
+    backbone_only = cfg.get('load_from_backbone_only', False)
+    if not isinstance(backbone_only, bool):
+        raise ValueError('load_from_backbone_only must be True or False, got '
+                         f'{backbone_only!r}')
+    if backbone_only and (cfg.get('resume') or not cfg.get('load_from')):
+        raise ValueError('load_from_backbone_only=True starts the FEC backbone from '
+                         '`load_from` and needs a load_from without --resume (a resumed run '
+                         'loads the whole model)')
+
     # The Runner builds the validation loop only when val_cfg is set.
     used = ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') is not None else [])
     check_data_paths(cfg, used)
@@ -172,11 +183,16 @@ def train(args: argparse.Namespace) -> Runner:
         setup_distributed(cfg, args)
         runner = build_runner(cfg)
         load_from = cfg.get('load_from')
-        if load_from and '://' not in load_from:
-            # --resume: the whole model must fit; load_from (fine-tuning) may
-            # change heads (mmengine warns), but not the backbone.
-            check_checkpoint_fits(runner, load_from, allow_other_shapes=not cfg.get('resume'))
-        runner.train()
+        backbone_only = cfg.get('load_from_backbone_only', False)
+        with backbone_only_loading() if backbone_only else nullcontext():
+            if load_from and '://' not in load_from:
+                # --resume: the whole model must fit; load_from (fine-tuning)
+                # may change the shapes of heads (mmengine warns), but not
+                # the backbone, and must hold every part of the model unless
+                # load_from_backbone_only is set.
+                check_checkpoint_fits(runner, load_from,
+                                      allow_other_shapes=not cfg.get('resume'))
+            runner.train()
         finish_distributed()
     finally:
         lock.release()

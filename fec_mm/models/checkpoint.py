@@ -1,13 +1,20 @@
 """Loading FEC weights: our checkpoints and the authors' layout.
 
-The authors' FEC checkpoints (see ``shared/reference_checkpoint_keys_small.tsv``)
+The authors' FEC checkpoints (see ``tests/data/reference_checkpoint_keys_small.tsv``)
 name the stages ``network.{0,2,4,6}``, the cluster poolings
 ``network.{1,3,5}`` (with their norm as ``norm2``), the classification norm
-``norm`` and the dense-prediction norms ``norm{0,2,4,6}``.
+``norm`` and the dense-prediction norms ``norm{0,2,4,6}``. Their released
+files are whole models: classification ones in timm's layout (the backbone
+at the top level, the linear classifier as ``head.*``), detection and
+segmentation ones saved by mmdet 2.24 / mmseg 0.24 (the backbone under
+``backbone.``, FPN and heads under mmdet's / mmseg's names, which mmdet 3.x
+and mmseg 1.x kept: their own model zoos list 2.x / 0.x files of Mask R-CNN
+and Semantic FPN for the 3.x / 1.x configs). :func:`convert_whole_model`
+maps such a file to fec-mm's whole-model names.
 """
 import re
 from collections import OrderedDict
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch.nn as nn
 from mmengine.logging import MMLogger
@@ -22,6 +29,7 @@ from ..checkpoints.safe_load import (
 )
 
 StateDict = Dict[str, Tensor]
+FEC_PRESETS = ('small', 'base', 'large')
 
 
 def is_reference_layout(state_dict: StateDict) -> bool:
@@ -55,6 +63,94 @@ def convert_reference_state_dict(state_dict: StateDict) -> StateDict:
     ``head.fc.*`` (mmpretrain's ``LinearClsHead``).
     """
     return OrderedDict((convert_reference_key(k), v) for k, v in state_dict.items())
+
+
+AUTHORS_CLASSIFIER = 'timm layout (classifier, or a backbone alone)'
+AUTHORS_DENSE = 'whole model (mmdet 2.x / mmseg 0.x layout)'
+
+
+def authors_layout(state_dict: StateDict) -> Optional[str]:
+    """Which of the authors' whole-model layouts ``state_dict`` has, or None.
+
+    :data:`AUTHORS_CLASSIFIER`: the backbone's ``network.*`` keys at the top
+    level; :data:`AUTHORS_DENSE`: under ``backbone.``.
+    """
+    if any(k.startswith('network.') for k in state_dict):
+        return AUTHORS_CLASSIFIER
+    if any(k.startswith('backbone.network.') for k in state_dict):
+        return AUTHORS_DENSE
+    return None
+
+
+def convert_whole_model(state_dict: StateDict) -> Tuple[StateDict, Optional[str]]:
+    """An authors' whole-model state dict in fec-mm's whole-model names.
+
+    Classification (timm): every key but the classifier goes under
+    ``backbone.`` through :func:`convert_reference_key` (``norm.*`` becomes
+    ``backbone.norm3.*``), ``head.*`` becomes mmpretrain's ``head.fc.*``.
+    Detection / segmentation: the keys under ``backbone.`` are converted the
+    same way, the neck and heads are kept (mmdet 3.x / mmseg 1.x use the
+    names and shapes of mmdet 2.x / mmseg 0.x for Mask R-CNN, FPN and
+    Semantic FPN). Other state dicts are returned unchanged.
+
+    Returns:
+        tuple: The converted state dict and the layout found
+        (:func:`authors_layout`), None for a state dict left unchanged.
+    """
+    layout = authors_layout(state_dict)
+    if layout is None:
+        return state_dict, None
+    converted = OrderedDict()
+    for key, value in state_dict.items():
+        if layout == AUTHORS_CLASSIFIER:
+            new = ('head.fc.' + key[len('head.'):] if key.startswith('head.')
+                   else 'backbone.' + convert_reference_key(key))
+        elif key.startswith('backbone.'):
+            new = 'backbone.' + convert_reference_key(key[len('backbone.'):])
+        else:
+            new = key
+        if new in converted:
+            raise ValueError(f'the authors\' layout maps two keys to {new}: not an FEC checkpoint '
+                             'of the authors\' (keys in both layouts?)')
+        converted[new] = value
+    return converted, layout
+
+
+def guess_fec_arch(state_dict: StateDict) -> Optional[str]:
+    """The FEC preset whose depths, widths and heads an (unprefixed, our
+    names) backbone state dict has: 'small', 'base', 'large', or a
+    description of what it holds; None when it holds no FEC stages."""
+    from .fec import FEC  # noqa: PLC0415 - fec imports this module
+    depths, widths, dims = [], [], []
+    for k in range(4):
+        blocks = {int(m.group(1)) for key in state_dict
+                  if (m := re.match(rf'^stages\.{k}\.(\d+)\.', key))}
+        if not blocks:
+            break
+        depths.append(max(blocks) + 1)
+        mixer = state_dict.get(f'stages.{k}.0.token_mixer.f.weight')
+        widths.append(None if mixer is None else int(mixer.shape[1]))
+        dims.append(None if mixer is None else int(mixer.shape[0]))
+    if not depths:
+        return None
+    for name, arch in FEC.arch_settings.items():
+        n = len(depths)
+        if (tuple(depths) == tuple(arch['depths'][:n])
+                and tuple(widths) == tuple(arch['widths'][:n])
+                and tuple(dims) == tuple(h * arch['head_dim'] for h in arch['heads'][:n])):
+            return name
+    return f'depths {tuple(depths)}, widths {tuple(widths)}, mixer channels {tuple(dims)}'
+
+
+def describe_fec_weights(state_dict: StateDict, prefix: str = '') -> str:
+    """'the file holds FEC(arch=...) weights' for the FEC weights under
+    ``prefix`` (a description of depths and widths for a custom arch), or ''
+    when there are none."""
+    theirs = guess_fec_arch({k[len(prefix):]: v for k, v in state_dict.items()
+                             if k.startswith(prefix)})
+    if theirs in FEC_PRESETS:
+        return f"the file holds FEC(arch='{theirs}') weights"
+    return f'the file holds an FEC with {theirs}' if theirs else ''
 
 
 def read_state_dict(filename: str, map_location: str = 'cpu') -> StateDict:
@@ -105,9 +201,11 @@ def check_weights_fit(model: nn.Module, state_dict: StateDict, prefix: str = '')
     mismatched = [f'{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}'
                   for k in ours if k in own and state_dict[k].shape != own[k].shape]
     if mismatched:
+        what = (describe_fec_weights(state_dict, prefix)
+                or 'a checkpoint of another FEC arch or another model?')
         raise ValueError(f'{arch} cannot take these weights{source}: {len(mismatched)} tensors '
                          f'have other shapes (checkpoint vs model), e.g. {mismatched[:3]}; '
-                         'a checkpoint of another FEC arch or another model?')
+                         f'{what}')
     if not any(k in own for k in ours):
         hint = (' They are in the authors\' layout: convert the file with '
                 'tools/model_converters/fec_reference_to_mm.py, or load it with '

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config, DictAction
 
-from ..models.checkpoint import load_fec_checkpoint, read_state_dict
+from ..models.checkpoint import convert_whole_model, load_fec_checkpoint, read_state_dict
 from ..models.fec import FEC
 from .cluster_maps import MERGE_FEATURES, cluster_maps
 from .contributions import linear_classifier_head
@@ -116,7 +116,7 @@ def load_weights(model: nn.Module, backbone: FEC, checkpoint: str) -> None:
     another arch fail in :func:`fec_mm.models.checkpoint.check_weights_fit`."""
     if '://' not in checkpoint and not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
-    state_dict = read_state_dict(checkpoint)
+    state_dict, _ = convert_whole_model(read_state_dict(checkpoint))  # the authors' files too
     if model is not backbone and any(k.startswith('backbone.') for k in state_dict):
         model.load_state_dict(state_dict, strict=False)
     else:

@@ -1,51 +1,43 @@
-"""Convert an FEC checkpoint of the authors' implementation to fec-mm's layout.
+"""Convert a checkpoint of the authors' FEC implementation to fec-mm's names.
 
 Usage:
     python tools/model_converters/fec_reference_to_mm.py IN.pth OUT.pth
 
-The output holds ``{'state_dict': ...}`` with the backbone under
-``backbone.`` and, for classification checkpoints, the linear head as
-``head.fc.*``, so it serves as ``load_from`` of an mmpretrain
-ImageClassifier and as ``init_cfg=dict(type='Pretrained', checkpoint=OUT)``
-of the FEC backbone in any task.
+Works for each file they released: classification (timm's layout; the
+linear classifier becomes mmpretrain's ``head.fc.*``), Mask R-CNN (mmdet
+2.24) and Semantic FPN (mmseg 0.24), every size. Backbone keys are renamed
+(``fec_mm.models.checkpoint.convert_reference_key``), neck and head keys are
+kept (mmdet 3.x and mmseg 1.x use the 2.x / 0.x names and shapes for these
+models), the mmcv 1.x meta and the optimizer state are dropped, the class
+names and palette are kept as ``meta.dataset_meta``. ``OUT`` is written
+atomically. fec-mm also loads the authors' files as they are; converting
+gives a file that plain mmengine/mmdet/mmseg/mmpretrain (without fec_mm's
+loader) can load, and skips the conversion at every load. The work lives in
+``fec_mm.models.authors_checkpoint``.
 """
 import argparse
-import os
-import os.path as osp
-from collections import OrderedDict
 from typing import Optional, Sequence
 
-import torch
-
-from fec_mm.models.checkpoint import (
-    convert_reference_state_dict,
-    is_reference_layout,
-    read_state_dict,
-)
+from fec_mm.models.authors_checkpoint import convert_authors_checkpoint
 
 
-def convert(src: str, dst: str) -> int:
-    """Convert ``src`` and save it to ``dst``; returns the number of tensors."""
-    state_dict = read_state_dict(src)
-    if not is_reference_layout(state_dict):
-        raise ValueError(f'{src} is not in the authors\' layout (no network.* keys); '
-                         'fec-mm checkpoints need no conversion')
-    converted = OrderedDict()
-    for key, value in convert_reference_state_dict(state_dict).items():
-        converted[key if key.startswith('head.') else 'backbone.' + key] = value
-    if osp.dirname(dst):
-        os.makedirs(osp.dirname(dst), exist_ok=True)
-    torch.save({'state_dict': converted, 'meta': {'converted_from': osp.basename(src)}}, dst)
-    return len(converted)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('src', help='authors\' checkpoint')
     parser.add_argument('dst', help='output path')
     args = parser.parse_args(argv)
-    count = convert(args.src, args.dst)
-    print(f'converted {count} tensors: {args.src} -> {args.dst}')
+    report = convert_authors_checkpoint(args.src, args.dst)
+    dataset_meta = report['dataset_meta'] or {}
+    classes = dataset_meta.get('classes')
+    print(f"{args.src}: the authors' {report['layout']}\n"
+          f"  converted: {report['converted']} keys mapped to fec-mm's names "
+          "(backbone, classifier)\n"
+          f"  kept: {report['kept']} keys as they are (neck, heads)\n"
+          f"  dataset_meta: {len(classes) if classes else 'no'} class names"
+          f"{', palette' if 'palette' in dataset_meta else ''}\n"
+          f"  dropped: {', '.join(report['dropped']) or 'nothing'}\n"
+          f"  written: {args.dst}")
+    return report
 
 
 if __name__ == '__main__':
