@@ -91,7 +91,7 @@ def weights_norm(model: nn.Module) -> float:
     """L2 norm of all parameters (inf or nan if any is)."""
     model = model.module if is_model_wrapper(model) else model
     with torch.no_grad():
-        squares = [p.detach().float().pow(2).sum() for p in model.parameters()]
+        squares = [p.detach().double().pow(2).sum() for p in model.parameters()]
     return math.sqrt(float(sum(squares))) if squares else 0.0
 
 
@@ -168,10 +168,10 @@ class AtomicCheckpointHook(CheckpointHook):
         # Checked before anything changes (keep list, last_checkpoint): a
         # refused save leaves the previous checkpoints as they were.
         previous = getattr(self, '_saved_norm', None)
+        when = f'iteration {meta["iter"]}' + (f' (epoch {meta["epoch"]})' if self.by_epoch else '')
         try:
             norm = check_weights_before_save(
-                runner.model, previous, f'training stopped at iteration {runner.iter + 1} '
-                f'(epoch {runner.epoch + 1}) before writing {path}')
+                runner.model, previous, f'training stopped after {when} before writing {path}')
         except DivergedWeightsError as err:
             last = runner.message_hub.get_info('last_ckpt')
             message = (f'{err}. Nothing was written; ' + (

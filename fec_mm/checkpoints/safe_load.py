@@ -107,7 +107,7 @@ def _unpickler_reason(message: str) -> str:
     general paragraphs and without its advice on how to load the file anyway
     (``weights_only=False``, allowlisting the global "if you trust" it)."""
     if 'WeightsUnpickler error:' in message:
-        reason = message.split('WeightsUnpickler error:', 1)[1].split('\n\n', 1)[0]
+        reason = message.split('WeightsUnpickler error:', 1)[1].strip().split('\n\n', 1)[0]
     else:
         parts = [p.strip() for p in message.split('\n\n') if p.strip()]
         reason = ' '.join(p for p in parts if not p.startswith(
