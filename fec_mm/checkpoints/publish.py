@@ -54,9 +54,13 @@ def publish_checkpoint(in_file: str, out_file: str) -> str:
     Raises:
         FileNotFoundError, CheckpointError: ``in_file`` missing or unusable.
         ValueError: ``out_file`` does not end with ``.pth``.
+        fec_mm.outputs.OutputPathError: ``out_file``'s folder cannot be
+            written (checked before ``in_file`` is read).
     """
+    from ..outputs import check_output_file
     if not out_file.endswith('.pth'):
         raise ValueError(f'publish: the output name must end with .pth, got {out_file}')
+    check_output_file(out_file, 'publish: output')
     checkpoint = load_checkpoint_file(in_file, map_location='cpu')
     if 'state_dict' not in checkpoint:
         raise CheckpointError(f'checkpoint {in_file} has no state_dict '

@@ -15,17 +15,18 @@ import os.path as osp
 from collections import OrderedDict
 from typing import Optional, Sequence
 
-import torch
-
+from fec_mm.checkpoints import torch_save_atomic
 from fec_mm.models.checkpoint import (
     convert_reference_state_dict,
     is_reference_layout,
     read_state_dict,
 )
+from fec_mm.outputs import check_output_file
 
 
 def convert(src: str, dst: str) -> int:
     """Convert ``src`` and save it to ``dst``; returns the number of tensors."""
+    check_output_file(dst, 'output')  # before the work
     state_dict = read_state_dict(src)
     if not is_reference_layout(state_dict):
         raise ValueError(f'{src} is not in the authors\' layout (no network.* keys); '
@@ -35,7 +36,8 @@ def convert(src: str, dst: str) -> int:
         converted[key if key.startswith('head.') else 'backbone.' + key] = value
     if osp.dirname(dst):
         os.makedirs(osp.dirname(dst), exist_ok=True)
-    torch.save({'state_dict': converted, 'meta': {'converted_from': osp.basename(src)}}, dst)
+    torch_save_atomic({'state_dict': converted, 'meta': {'converted_from': osp.basename(src)}},
+                      dst)
     return len(converted)
 
 
@@ -44,8 +46,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('src', help='authors\' checkpoint')
     parser.add_argument('dst', help='output path')
     args = parser.parse_args(argv)
-    count = convert(args.src, args.dst)
-    print(f'converted {count} tensors: {args.src} -> {args.dst}')
+    try:
+        replaced = check_output_file(args.dst, 'output')
+        count = convert(args.src, args.dst)
+    except (FileNotFoundError, ValueError) as err:  # bad input or output, named
+        parser.exit(1, f'{parser.prog}: error: {err}\n')
+    print(f'converted {count} tensors: {args.src} -> {args.dst}'
+          + (' (replaced the existing file)' if replaced else ''))
 
 
 if __name__ == '__main__':
