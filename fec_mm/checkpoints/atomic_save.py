@@ -68,11 +68,21 @@ def write_text_atomic(path: str, text: str) -> None:
 def torch_save_atomic(obj, path: str) -> None:
     """``torch.save(obj, path)`` through ``<path>.partial``, fsync and a
     rename: a kill or a full disk leaves the old ``path`` (or none), never a
-    truncated one."""
+    truncated one.
+
+    Raises:
+        OSError: The write failed (full disk, I/O error); names ``path``.
+    """
     partial = path + PARTIAL_SUFFIX
     try:
         torch.save(obj, partial)
         fsync_replace(partial, path)
+    except (OSError, RuntimeError) as err:  # torch.save's RuntimeError names no file
+        reason = (err.strerror if isinstance(err, OSError) else None) or \
+            str(err).strip().splitlines()[0]
+        raise OSError(getattr(err, 'errno', None) or errno.EIO,
+                      f'cannot write {path}: {reason} (nothing written, an existing file '
+                      'is unchanged)') from err
     finally:
         if osp.exists(partial):
             os.remove(partial)

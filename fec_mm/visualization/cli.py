@@ -179,13 +179,7 @@ def prepare_from_config(args: argparse.Namespace) -> Prepared:
                          'the image with')
     pipeline = Compose([registry.TRANSFORMS.build(t)
                         for t in _without_annotations(dataloader.dataset.pipeline)])
-    try:
-        data = pipeline(dict(img_path=args.img))
-    except Exception as err:  # OpenCV's assertions name neither the file nor the size
-        height, width = read_image(args.img).shape[:2]
-        first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise ValueError(f'cannot prepare image {args.img} ({width}x{height} pixels) with the '
-                         f"test pipeline of {args.config}: {first}") from err
+    data = pipeline(dict(img_path=args.img))  # fec_mm.images names the file in errors
     with torch.no_grad():
         batch = model.data_preprocessor(pseudo_collate([data]), False)
     packed = data['inputs']
