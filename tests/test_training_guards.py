@@ -182,6 +182,9 @@ def test_resume_or_load_from_with_another_archs_checkpoint_is_refused(data, tmp_
     other = write_config(tmp_path / 'other.py', str(data),
                          arch=dict(ARCH, heads=(2, 2, 2, 2)))
     checkpoint = write_dog_checkpoint(other, tmp_path / 'other_arch.pth')
+    # In the form of a training checkpoint, so that --resume gets to the weights.
+    saved = torch.load(checkpoint, weights_only=True)
+    torch.save(dict(saved, meta=dict(epoch=0, iter=2), message_hub={}), checkpoint)
     with pytest.raises(ValueError, match=r'other_arch.pth: \d+ weights have other shapes'):
         _train(config, tmp_path / 'resumed', '--resume', str(checkpoint))
     with pytest.raises(ValueError, match=r"FEC\(arch='custom'\) cannot take these weights "

@@ -105,10 +105,13 @@ def weights_norm(model: nn.Module) -> float:
     return math.sqrt(float(sum(squares))) if squares else 0.0
 
 
-def check_weights_before_save(model: nn.Module, previous_norm: Optional[float],
-                              where: str) -> float:
+def check_weights_before_save(model: nn.Module, previous_norm: Optional[float], where: str,
+                              since: str = 'the previous checkpoint') -> float:
     """Fail unless the parameters are finite and their norm is within
     :data:`EXPLODED_FACTOR` of ``previous_norm`` (either way); return the norm.
+
+    ``where`` starts the message; ``since`` names what ``previous_norm`` is
+    the norm of.
 
     Raises:
         DivergedWeightsError: Names the first non-finite tensor, or both norms.
@@ -123,7 +126,7 @@ def check_weights_before_save(model: nn.Module, previous_norm: Optional[float],
             1 / EXPLODED_FACTOR <= norm / previous_norm <= EXPLODED_FACTOR):
         raise DivergedWeightsError(
             f'{where}: the norm of the weights went from {previous_norm:.4g} to {norm:.4g} '
-            f'(more than {EXPLODED_FACTOR:g}x) since the previous checkpoint; training diverged')
+            f'(more than {EXPLODED_FACTOR:g}x) since {since}; training diverged')
     return norm
 
 
@@ -132,7 +135,9 @@ class AtomicCheckpointHook(CheckpointHook):
     """mmengine's ``CheckpointHook`` (same arguments) with crash-safe saves
     and retention.
 
-    Order of a save: write ``<name>.partial``, fsync, rename to ``<name>``,
+    Order of a save: check the weights (:func:`check_weights_before_save`;
+    a failure raises :class:`DivergedWeightsError` and writes nothing), write
+    ``<name>.partial``, fsync, rename to ``<name>``,
     rewrite ``last_checkpoint`` the same way, then remove the checkpoints
     beyond ``max_keep_ckpts``. Non-local ``out_dir`` backends (``s3://``,
     ...) use mmengine's own order.
@@ -142,6 +147,8 @@ class AtomicCheckpointHook(CheckpointHook):
         super().before_train(runner)
         # The reference of the explosion check: the initial or resumed weights.
         self._saved_norm = weights_norm(runner.model)
+        self._saved_what = ('the resumed checkpoint' if runner.iter or runner.epoch
+                            else 'the start of training')
         if isinstance(self.file_backend, LocalBackend) and is_main_process():
             self._remove_leftovers(runner)
 
@@ -171,8 +178,6 @@ class AtomicCheckpointHook(CheckpointHook):
                                   logger='current')
 
     def _save_checkpoint_with_step(self, runner, step, meta) -> None:
-        if not isinstance(self.file_backend, LocalBackend):
-            return super()._save_checkpoint_with_step(runner, step, meta)
         ckpt_filename = self.filename_tmpl.format(step)
         path = self.file_backend.join_path(self.out_dir, ckpt_filename)
         # Checked before anything changes (keep list, last_checkpoint): a
@@ -181,7 +186,8 @@ class AtomicCheckpointHook(CheckpointHook):
         when = f'iteration {meta["iter"]}' + (f' (epoch {meta["epoch"]})' if self.by_epoch else '')
         try:
             norm = check_weights_before_save(
-                runner.model, previous, f'training stopped after {when} before writing {path}')
+                runner.model, previous, f'training stopped after {when} before writing {path}',
+                since=getattr(self, '_saved_what', 'the previous checkpoint'))
         except DivergedWeightsError as err:
             last = runner.message_hub.get_info('last_ckpt')
             message = (f'{err}. Nothing was written; ' + (
@@ -191,6 +197,10 @@ class AtomicCheckpointHook(CheckpointHook):
                 'or checked data.')
             runner.logger.error(message)
             raise DivergedWeightsError(message) from None
+        if not isinstance(self.file_backend, LocalBackend):
+            super()._save_checkpoint_with_step(runner, step, meta)
+            self._saved_norm, self._saved_what = norm, 'the previous checkpoint'
+            return
 
         outdated = []
         if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
@@ -220,7 +230,7 @@ class AtomicCheckpointHook(CheckpointHook):
                 runner.logger.error(message)
                 raise OSError(err.errno, message) from err
             raise
-        self._saved_norm = norm
+        self._saved_norm, self._saved_what = norm, 'the previous checkpoint'
         # Runner.save_checkpoint writes on the main process only.
         if not osp.exists(partial):
             return

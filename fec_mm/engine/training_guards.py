@@ -96,10 +96,10 @@ class FinalValidationHook(Hook):
     def before_train(self, runner) -> None:
         loop = runner.train_loop
         by_epoch = hasattr(loop, 'max_epochs')
-        done, total = (runner.epoch, loop.max_epochs) if by_epoch else (runner.iter,
-                                                                        loop.max_iters)
-        if done < total or done == 0:
-            return
+        total = getattr(loop, 'max_epochs' if by_epoch else 'max_iters', None)
+        done = runner.epoch if by_epoch else runner.iter
+        if not isinstance(total, int) or done < total or done == 0:
+            return  # not resumed at the end (or a loop of unknown length)
         unit = 'epoch' if by_epoch else 'iteration'
         where = (f'the resumed checkpoint is at {unit} {done} of {total}: training was '
                  'already complete')

@@ -49,7 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         replaced = check_output_file(args.dst, 'output')
         count = convert(args.src, args.dst)
-    except (FileNotFoundError, ValueError) as err:  # bad input or output, named
+    except (OSError, ValueError) as err:  # bad input or output, named
         parser.exit(1, f'{parser.prog}: error: {err}\n')
     print(f'converted {count} tensors: {args.src} -> {args.dst}'
           + (' (replaced the existing file)' if replaced else ''))
