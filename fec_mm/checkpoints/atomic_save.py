@@ -223,9 +223,9 @@ class AtomicCheckpointHook(CheckpointHook):
                 os.remove(partial)  # a full disk must not keep the partial file
             if isinstance(err, OSError):
                 # The OS names no file for a failed write (ENOSPC, EIO, ...).
-                reason = err.strerror or str(err)
-                message = (f'cannot write checkpoint {self.last_ckpt}: {reason} '
-                           f'[{errno.errorcode.get(err.errno, err.errno)}]; the previous '
+                code = errno.errorcode.get(err.errno)
+                reason = (err.strerror or str(err)) + (f' [{code}]' if code else '')
+                message = (f'cannot write checkpoint {self.last_ckpt}: {reason}; the previous '
                            'checkpoints are kept (free space, then resume with --resume)')
                 runner.logger.error(message)
                 raise OSError(err.errno, message) from err
