@@ -123,7 +123,7 @@ def test_every_tool_refuses_an_unwritable_output_before_the_work(read_only, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ['ckpt.pth', 'img.png']
 
 
-def test_converter_replaces_atomically_and_says_so(tmp_path, capsys):
+def test_converter_and_publish_on_a_full_disk_and_replacing(tmp_path, capsys):
     from test_checkpoint import reference_state_dict
     src = tmp_path / 'reference.pth'
     torch.save({'model': reference_state_dict()}, src)
@@ -138,6 +138,13 @@ def test_converter_replaces_atomically_and_says_so(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f'cannot write {dst}: ' in err and err.count('\n') == 1
         assert dst.read_bytes() == b'old' and os.listdir(disk) == ['fec_small.pth']
+        trained = tmp_path / 'trained.pth'
+        torch.save({'state_dict': reference_state_dict(), 'meta': {}}, trained)
+        with pytest.raises(SystemExit):
+            publish_model.main([str(trained), str(disk / 'pub.pth')])
+        err = capsys.readouterr().err
+        assert f'publish: cannot write {disk}/pub.pth.partial: ' in err and err.count('\n') == 1
+        assert os.listdir(disk) == ['fec_small.pth']
     finally:
         subprocess.run(['umount', str(disk)], check=False)
     dst = tmp_path / 'fec_small.pth'

@@ -25,7 +25,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     before = set(glob.glob(f'{stem}-*.pth'))
     try:
         final = publish_checkpoint(args.in_file, args.out_file)
-    except (FileNotFoundError, ValueError) as err:  # bad input or output, named
+    except (OSError, ValueError) as err:  # bad input or output, named
         parser.exit(1, f'{parser.prog}: error: {err}\n')
     replaced = ' (replaced the existing identical file)' if final in before else ''
     print(f'published {args.in_file} -> {final} ({osp.getsize(final) / 2**20:.1f} MiB){replaced}')
