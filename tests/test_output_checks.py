@@ -46,6 +46,16 @@ def read_only(tmp_path_factory):
     subprocess.run(['umount', str(path)], check=False)
 
 
+@pytest.fixture(autouse=True)
+def _keep_default_scope():
+    """The configs' tools and the inferencer set mmengine's default scope;
+    later tests in the session get the one they had."""
+    from mmengine.registry import DefaultScope
+    saved = DefaultScope._instance_dict.copy()
+    yield
+    DefaultScope._instance_dict = saved
+
+
 def _not_called(*args, **kwargs):
     raise AssertionError('the work started before the output was checked')
 
