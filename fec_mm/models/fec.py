@@ -85,7 +85,7 @@ class FEC(BaseModule):
             frozen; -1 freezes nothing. Default -1.
         drop_path_rate (float): Drop-path rate of the last block, growing
             linearly from 0. Default 0.
-        layer_scale_init (float): Initial layer scale. Default 1e-5.
+        layer_scale_init (float): Initial layer scale (finite). Default 1e-5.
         norm_cfg (dict): Norm of blocks, poolings and outputs. Default
             ``dict(type='GN', num_groups=1)``.
         act_cfg (dict): MLP activation. Default ``dict(type='GELU')``.
