@@ -41,6 +41,34 @@ class PoisonWeightsHook(Hook):
 
 
 @HOOKS.register_module(force=True)
+class SetLearningRateHook(Hook):
+    """Sets every learning rate to ``lr`` at the start of epoch ``epoch``
+    (0-based), as a diverging schedule would."""
+
+    def __init__(self, epoch: int, lr: float) -> None:
+        self.epoch, self.lr = epoch, lr
+
+    def before_train_epoch(self, runner) -> None:
+        if runner.epoch == self.epoch:
+            for group in runner.optim_wrapper.optimizer.param_groups:
+                group['lr'] = self.lr
+
+
+@HOOKS.register_module(force=True)
+class KillBeforeValidationHook(Hook):
+    """SIGKILLs its own process when the validation after epoch ``epoch``
+    (1-based) begins: after that epoch's checkpoint, before its metrics."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def before_val_epoch(self, runner) -> None:
+        if runner.epoch == self.epoch:
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@HOOKS.register_module(force=True)
 class FreezeRankHook(Hook):
     """Rank ``rank`` sends itself ``signal`` after ``iters`` iterations:
     SIGSTOP (default) as a frozen worker, SIGKILL as one that dies."""
@@ -104,6 +132,29 @@ def _slow_local_put(seconds: float):
         os.remove(marker)
     return put
 
+
+def _slow_write_text_atomic(seconds: float):
+    """atomic_save.write_text_atomic that announces itself with
+    ``<file>.writing`` and waits ``seconds`` first: a kill in the wait hits a
+    save after its checkpoint's rename, before the outdated one is removed."""
+    import time
+
+    from fec_mm.checkpoints import atomic_save
+    original = atomic_save.write_text_atomic
+
+    def write(path: str, text: str) -> None:
+        marker = path + '.writing'
+        open(marker, 'w').close()
+        time.sleep(seconds)
+        os.remove(marker)
+        original(path, text)
+    return write
+
+
+if os.environ.get('FEC_TEST_SLOW_POINTER'):  # set by tests/test_crash_safe_checkpoints.py only
+    from fec_mm.checkpoints import atomic_save
+    atomic_save.write_text_atomic = _slow_write_text_atomic(
+        float(os.environ['FEC_TEST_SLOW_POINTER']))
 
 if os.environ.get('FEC_TEST_SLOW_SAVE'):  # set by tests/test_crash_safe_checkpoints.py only
     from mmengine.fileio import LocalBackend

@@ -17,7 +17,7 @@ import pytest
 import torch
 from tiny_classifier import write_config, write_images
 
-from fec_mm.checkpoints import find_resumable_checkpoint
+from fec_mm.checkpoints import CheckpointError, find_resumable_checkpoint
 from fec_mm.engine import build_train_parser, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,11 +47,13 @@ def _train_here(config, work_dir, *options):
     return runner, {k: v.clone() for k, v in runner.model.state_dict().items()}
 
 
-def _start(config, work_dir, *options, slow_save=None):
+def _start(config, work_dir, *options, slow_save=None, slow_pointer=None):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO)]),
                OMP_NUM_THREADS='1')
     if slow_save is not None:
         env['FEC_TEST_SLOW_SAVE'] = str(slow_save)
+    if slow_pointer is not None:
+        env['FEC_TEST_SLOW_POINTER'] = str(slow_pointer)
     return subprocess.Popen(
         [sys.executable, str(REPO / 'tools' / 'train.py'), str(config), '--work-dir',
          str(work_dir), *options], env=env, cwd=str(REPO), start_new_session=True,
@@ -126,6 +128,46 @@ def test_kills_at_random_moments_then_resume_is_exact(setup, tmp_path):
         _resume_and_compare(config, work_dir, full)
 
 
+def test_kill_between_a_save_and_the_removal_of_the_outdated_one_keeps_the_limit(setup,
+                                                                                tmp_path):
+    """max_keep_ckpts=1: killed after iter_3.pth was renamed into place and
+    before iter_2.pth was removed, both are on disk; the resumed run removes
+    the orphan and ends with one checkpoint, and the exact weights."""
+    tmp, config, full = setup
+    work_dir = tmp_path / 'work'
+    proc = _start(config, work_dir, slow_pointer=1.0)
+    marker = work_dir / 'last_checkpoint.writing'
+    assert _wait_for(lambda: (work_dir / 'iter_3.pth').exists() and marker.exists(), proc), \
+        proc.stderr.read()
+    _kill(proc)
+    assert sorted(p.name for p in work_dir.glob('iter_*.pth')) == ['iter_2.pth', 'iter_3.pth']
+    _resume_and_compare(config, work_dir, full)
+    assert sorted(p.name for p in work_dir.glob('iter_*')) == [f'iter_{ITERS}.pth']
+
+
+def test_resume_skips_checkpoints_that_cannot_be_loaded(setup, tmp_path):
+    """The newest files pass their CRC check but cannot be resumed from (an
+    unsafe pickle, weights without meta.epoch): skipped, named, and the newest
+    loadable one is taken; naming one of them is an error naming the file."""
+    tmp, config, _ = setup
+    work_dir = tmp_path / 'work'
+    work_dir.mkdir()
+    good = work_dir / 'iter_3.pth'
+    shutil.copy(tmp / 'full' / f'iter_{ITERS}.pth', good)
+    weights = torch.load(good, weights_only=False)['state_dict']
+    torch.save(dict(state_dict=weights, meta=dict(seed=0)), work_dir / 'iter_4.pth')
+    torch.save(dict(state_dict=weights, hook=_Unsafe()), work_dir / 'iter_5.pth')
+    assert find_resumable_checkpoint(str(work_dir)) == str(good)
+    with pytest.raises(CheckpointError, match=r'checkpoint .*iter_4.pth cannot be resumed: it '
+                       r'has no meta.epoch, meta.iter, message_hub .*load_from='):
+        _train_here(config, tmp_path / 'other', '--resume', str(work_dir / 'iter_4.pth'))
+
+
+class _Unsafe:
+    def __reduce__(self):
+        return (eval, ('1',))
+
+
 def test_plain_checkpoint_hook_loses_every_checkpoint_in_the_same_kill(setup, tmp_path):
     tmp, config, _ = setup
     work_dir = tmp_path / 'work'
@@ -158,6 +200,10 @@ def test_full_disk_keeps_the_last_checkpoint_then_resume_is_exact(setup, tmp_pat
         proc = _start(config, work_dir)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode != 0 and 'No space left on device' in err
+        # The failed write names its file, on stderr and in the work dir's log.
+        message = f'cannot write checkpoint {work_dir / "iter_2.pth"}: No space left on device'
+        assert message in err
+        assert message in next(work_dir.glob('*/*.log')).read_text()
         assert find_resumable_checkpoint(str(work_dir)) == str(work_dir / 'iter_1.pth')
         assert not list(work_dir.glob('*.partial'))
         # Space freed elsewhere: the work dir is moved (last_checkpoint holds

@@ -2,8 +2,13 @@
 those after a run stopped halfway and resumed (random crop, flip, drop path
 and validation in between), with torch>=2.6's ``weights_only`` loading;
 iteration-based (2 + 2 iterations) and epoch-based (1 + 1 epochs)."""
+import os
 import random
+import signal
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,6 +18,9 @@ from mmengine.logging import MMLogger
 from tiny_classifier import write_config, write_images
 
 from fec_mm.engine import RngStateHook, build_train_parser, train
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
 
 VAL = """
 val_dataloader = dict(
@@ -114,6 +122,37 @@ def test_without_restoring_rng_states_weights_differ(runs, tmp_path, monkeypatch
     _, resumed = _train(config, tmp_path / 'other', '--resume',
                         str(tmp / 'split' / loop['checkpoint']))
     assert any(not torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_a_run_killed_before_its_final_validation_validates_on_resume(runs, tmp_path):
+    """Killed (SIGKILL) after the last epoch's checkpoint, before its
+    validation: --resume says training was complete and validates; a second
+    --resume finds that validation done and does nothing."""
+    name, loop, tmp, config, _, _ = runs
+    if name != 'epoch':
+        pytest.skip('one loop type is enough here')
+    killed = tmp_path / 'killed.py'
+    killed.write_text(config.read_text() + "custom_hooks = [dict(type='KillBeforeValidationHook', "
+                      'epoch=2)]\n')
+    work_dir = tmp_path / 'work'
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO)]),
+               OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, str(REPO / 'tools' / 'train.py'), str(killed),
+                           '--work-dir', str(work_dir)], env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert (work_dir / 'epoch_2.pth').exists()
+
+    runner, _ = _train(config, work_dir, '--resume')
+    assert runner.epoch == 2
+    log = sorted(work_dir.glob('*/*.log'))[-1].read_text()
+    assert ('the resumed checkpoint is at epoch 2 of 2: training was already complete; its '
+            'final validation never ran (interrupted): running it now') in log
+    assert 'Epoch(val) [2][3/3]' in log
+
+    _train(config, work_dir, '--resume')
+    log = sorted(work_dir.glob('*/*.log'))[-1].read_text()
+    assert 'training was already complete, and its final validation was done before' in log
+    assert 'Epoch(val)' not in log
 
 
 def _draw():

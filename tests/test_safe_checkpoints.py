@@ -69,6 +69,23 @@ def test_a_file_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     assert not marker.exists()
 
 
+class _Eval:
+    def __reduce__(self):
+        return (eval, ('1 + 1',))
+
+
+def test_the_refusal_gives_no_advice_on_loading_the_file_unsafely(tmp_path):
+    path = tmp_path / 'eval.pth'
+    torch.save({'state_dict': {'w': torch.ones(1)}, 'payload': _Eval()}, path)
+    with pytest.raises(CheckpointError, match=r'eval.pth cannot be loaded with weights_only=True '
+                       r'\(Unsupported global: GLOBAL eval .*\).* so it is refused') as info:
+        load_checkpoint_file(str(path))
+    message = str(info.value)
+    for advice in ('weights_only=False', 'add_safe_globals', 'safe_globals', 'trust',
+                   'can still be loaded'):
+        assert advice not in message
+
+
 def _flip_tensor_bytes(path, member_suffix='data/0'):
     with zipfile.ZipFile(path) as archive:
         info = next(i for i in archive.infolist() if i.filename.endswith(member_suffix))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from tiny_classifier import write_config, write_dog_checkpoint, write_images, write_test_config
 
+from fec_mm.checkpoints import CheckpointError
 from fec_mm.engine import (
     build_test_parser,
     build_train_parser,
@@ -47,7 +48,8 @@ def test_train_arguments_as_mmdet(config, data, tmp_path, monkeypatch):
     cfg = _train_config(config)
     assert cfg.work_dir == os.path.join('./work_dirs', 'tiny')
     assert cfg.launcher == 'none' and not cfg.get('resume', False)
-    assert [h['type'] for h in cfg.custom_hooks] == ['RngStateHook', 'NonFiniteLossHook']
+    assert [h['type'] for h in cfg.custom_hooks] == ['RngStateHook', 'NonFiniteLossHook',
+                                                     'FinalValidationHook']
     assert cfg.custom_imports.imports == ['fec_mm', 'fec_mm.engine']  # registers the hooks
     # mmengine's CheckpointHook is swapped for the crash-safe one.
     assert cfg.default_hooks.checkpoint.type == 'AtomicCheckpointHook'
@@ -56,14 +58,18 @@ def test_train_arguments_as_mmdet(config, data, tmp_path, monkeypatch):
     assert cfg.work_dir == 'wd' and cfg.resume is True and cfg.load_from is None
     assert cfg.train_cfg.max_iters == 7 and cfg.optim_wrapper.optimizer.lr == 0.5
     checkpoint = tmp_path / 'epoch_3.pth'
-    checkpoint.write_bytes(b'')
+    checkpoint.write_bytes(b'')  # not a checkpoint: named, not a bare KeyError later
+    with pytest.raises(CheckpointError, match=r'epoch_3.pth is not a readable torch checkpoint'):
+        _train_config(config, '--resume', checkpoint)
+    torch.save(dict(state_dict={'w': torch.ones(1)}, meta=dict(epoch=3, iter=9), message_hub={}),
+               checkpoint)
     cfg = _train_config(config, '--resume', checkpoint)
     assert cfg.resume is True and cfg.load_from == str(checkpoint)
     # A config that has a hook already does not get a second one.
     with_hook = write_config(tmp_path / 'with_hook.py', str(data),
                              extra="custom_hooks = [dict(type='RngStateHook')]\n")
     assert [h['type'] for h in _train_config(with_hook).custom_hooks] == [
-        'RngStateHook', 'NonFiniteLossHook']
+        'RngStateHook', 'NonFiniteLossHook', 'FinalValidationHook']
     args = build_train_parser().parse_args([str(config), '--local-rank', '3',
                                             '--launcher', 'slurm'])
     assert args.local_rank == 3 and args.launcher == 'slurm'

@@ -15,6 +15,7 @@ import torch
 from mmengine.config import Config
 from tiny_classifier import write_config, write_images
 
+from fec_mm.checkpoints import DivergedWeightsError
 from fec_mm.engine import WorkDirLock, build_train_parser, check_data_paths, train
 from fec_mm.engine.training import build_train_config
 from fec_mm.engine.training_guards import NonFiniteLossError
@@ -41,13 +42,51 @@ custom_hooks = [dict(type='PoisonWeightsHook', iters=2)]
 def test_non_finite_loss_stops_training_before_a_checkpoint(data, tmp_path):
     config = write_config(tmp_path / 'tiny.py', str(data), imports=['fec_mm', 'recording_hooks'],
                           extra=POISON)
-    with pytest.raises(NonFiniteLossError, match=r'the loss is nan at iteration 3'):
+    with pytest.raises(NonFiniteLossError, match=r'the loss is nan at iteration 3 .*nothing is '
+                       r'saved from this iteration on, and the newest checkpoint is .*iter_2.pth '
+                       r'\(its weights were checked finite'):
         _train(config, tmp_path / 'work')
     saved = sorted(p.name for p in (tmp_path / 'work').glob('iter_*.pth'))
     # Iterations 1 and 2 were saved; the NaN weights of iteration 3 were not.
     assert saved == ['iter_1.pth', 'iter_2.pth']
     weights = torch.load(tmp_path / 'work' / 'iter_2.pth', weights_only=False)['state_dict']
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+# One iteration per epoch (two images, batch 2); epoch 2's only step uses lr
+# 1e30: its loss, computed before the update, is finite, its weights are not sane.
+DIVERGE = """
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=3)
+param_scheduler = []
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=1))
+log_processor = dict(by_epoch=True)
+custom_hooks = [dict(type='SetLearningRateHook', epoch=1, lr=1e30)]
+"""
+
+
+def test_diverged_weights_are_never_saved(tmp_path):
+    data = write_images(tmp_path / 'data', per_class=1)
+    config = write_config(tmp_path / 'tiny.py', str(data), imports=['fec_mm', 'recording_hooks'],
+                          extra=DIVERGE)
+    work_dir = tmp_path / 'work'
+    with pytest.raises(DivergedWeightsError, match=r'training stopped after iteration 2 '
+                       r'\(epoch 2\) before writing .*epoch_2.pth: the norm of the weights '
+                       r'went from [\d.]+ to [\d.e+]+ \(more than 1000x\).* Nothing was '
+                       r'written; the newest checkpoint is .*epoch_1.pth: resume from it'):
+        _train(config, work_dir)
+    # The good checkpoint stays: not displaced by the bad one (max_keep_ckpts=1).
+    assert sorted(p.name for p in work_dir.glob('epoch_*')) == ['epoch_1.pth']
+    assert (work_dir / 'last_checkpoint').read_text().endswith('epoch_1.pth')
+    weights = torch.load(work_dir / 'epoch_1.pth', weights_only=False)['state_dict']
+    assert max(v.abs().max().item() for v in weights.values() if v.is_floating_point()) < 100
+    log = next(work_dir.glob('*/*.log')).read_text()
+    assert 'Nothing was written; the newest checkpoint is' in log
+
+
+@pytest.mark.parametrize('scale', [float('nan'), float('inf'), None, True])
+def test_layer_scale_init_must_be_finite(scale):
+    with pytest.raises(ValueError, match='FEC: layer_scale_init must be a finite number'):
+        FEC(layer_scale_init=scale)
 
 
 @pytest.mark.parametrize('rate', [1.0, 1.5, -0.5, 'x'])
@@ -143,6 +182,9 @@ def test_resume_or_load_from_with_another_archs_checkpoint_is_refused(data, tmp_
     other = write_config(tmp_path / 'other.py', str(data),
                          arch=dict(ARCH, heads=(2, 2, 2, 2)))
     checkpoint = write_dog_checkpoint(other, tmp_path / 'other_arch.pth')
+    # In the form of a training checkpoint, so that --resume gets to the weights.
+    saved = torch.load(checkpoint, weights_only=True)
+    torch.save(dict(saved, meta=dict(epoch=0, iter=2), message_hub={}), checkpoint)
     with pytest.raises(ValueError, match=r'other_arch.pth: \d+ weights have other shapes'):
         _train(config, tmp_path / 'resumed', '--resume', str(checkpoint))
     with pytest.raises(ValueError, match=r"FEC\(arch='custom'\) cannot take these weights "

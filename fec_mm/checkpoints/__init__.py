@@ -6,7 +6,12 @@ mmengine's local loader checks files and names them in its errors, so
 mmdet's, mmseg's and mmpretrain's own APIs load checkpoints of our training
 (see :mod:`fec_mm.checkpoints.safe_load` for the trust model).
 """
-from .atomic_save import AtomicCheckpointHook, find_resumable_checkpoint, torch_save_atomic
+from .atomic_save import (
+    AtomicCheckpointHook,
+    DivergedWeightsError,
+    find_resumable_checkpoint,
+    torch_save_atomic,
+)
 from .publish import publish_checkpoint
 from .safe_load import (
     MMENGINE_CHECKPOINT_GLOBALS,
@@ -17,7 +22,7 @@ from .safe_load import (
 )
 
 __all__ = [
-    'AtomicCheckpointHook', 'CheckpointError', 'MMENGINE_CHECKPOINT_GLOBALS',
-    'find_resumable_checkpoint', 'load_checkpoint_file', 'publish_checkpoint', 'register',
-    'state_dict_of', 'torch_save_atomic'
+    'AtomicCheckpointHook', 'CheckpointError', 'DivergedWeightsError',
+    'MMENGINE_CHECKPOINT_GLOBALS', 'find_resumable_checkpoint', 'load_checkpoint_file',
+    'publish_checkpoint', 'register', 'state_dict_of', 'torch_save_atomic'
 ]

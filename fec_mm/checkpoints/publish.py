@@ -8,6 +8,7 @@ first 8 hex digits of the file's sha256 to its name. The published meta is
 made of plain Python values only, so the file loads with a bare
 ``torch.load(weights_only=True)``, without fec_mm's allowlist.
 """
+import errno
 import hashlib
 import os
 import os.path as osp
@@ -54,9 +55,14 @@ def publish_checkpoint(in_file: str, out_file: str) -> str:
     Raises:
         FileNotFoundError, CheckpointError: ``in_file`` missing or unusable.
         ValueError: ``out_file`` does not end with ``.pth``.
+        OSError: The write failed (full disk); names the file.
+        fec_mm.outputs.OutputPathError: ``out_file``'s folder cannot be
+            written (checked before ``in_file`` is read).
     """
+    from ..outputs import check_output_file
     if not out_file.endswith('.pth'):
         raise ValueError(f'publish: the output name must end with .pth, got {out_file}')
+    check_output_file(out_file, 'publish: output')
     checkpoint = load_checkpoint_file(in_file, map_location='cpu')
     if 'state_dict' not in checkpoint:
         raise CheckpointError(f'checkpoint {in_file} has no state_dict '
@@ -68,7 +74,12 @@ def publish_checkpoint(in_file: str, out_file: str) -> str:
     os.makedirs(folder, exist_ok=True)
     partial = out_file + PARTIAL_SUFFIX
     try:
-        torch.save(published, partial)
+        try:
+            torch.save(published, partial)
+        except (OSError, RuntimeError) as err:  # torch.save's RuntimeError names no file
+            raise OSError(getattr(err, 'errno', None) or errno.EIO,
+                          f'publish: cannot write {partial}: '
+                          f'{str(err).strip().splitlines()[0]} (nothing published)') from err
         with open(partial, 'rb') as f:
             sha = hashlib.sha256(f.read()).hexdigest()
         final = out_file[:-len('.pth')] + f'-{sha[:8]}.pth'

@@ -119,12 +119,19 @@ _UNSAFE = re.compile(r'GLOBAL|global|reduce|build|new object|getattr', re.IGNORE
 
 
 def _unpickler_reason(message: str) -> str:
-    """The specific part of torch's weights-only error (it wraps it in
-    paragraphs of general advice)."""
-    parts = [p.strip() for p in message.split('\n\n') if p.strip()]
-    parts = [p.split('WeightsUnpickler error:', 1)[-1].strip() for p in parts
-             if not p.startswith(('Weights only load failed', 'Check the documentation'))]
-    return ' '.join(p for p in parts if p) or message.strip().splitlines()[0]
+    """The specific part of torch's weights-only error, without torch's
+    general paragraphs and without its advice on how to load the file anyway
+    (``weights_only=False``, allowlisting the global "if you trust" it)."""
+    if 'WeightsUnpickler error:' in message:
+        reason = message.split('WeightsUnpickler error:', 1)[1].strip().split('\n\n', 1)[0]
+    else:
+        parts = [p.strip() for p in message.split('\n\n') if p.strip()]
+        reason = ' '.join(p for p in parts if not p.startswith(
+            ('Weights only load failed', 'Check the documentation')))
+    sentences = re.split(r'(?<=\.)\s+', reason.strip())
+    kept = [s for s in sentences
+            if not re.search(r'safe_globals|weights_only|if you trust', s, re.IGNORECASE)]
+    return ' '.join(kept).strip().rstrip('.') or message.strip().splitlines()[0]
 
 
 # The last file load_checkpoint_file read, per thread, so that a model that
@@ -214,9 +221,8 @@ def load_checkpoint_file(filename: str, map_location: MapLocation = None) -> Any
                                   f'({reason})') from err
         raise CheckpointError(
             f'checkpoint {filename} cannot be loaded with weights_only=True ({reason}). '
-            'fec_mm allows the types mmengine checkpoints hold; a file that names other '
-            'globals can run code when loaded. Only if you trust it, allow the named type '
-            'with torch.serialization.add_safe_globals([...]).') from err
+            'fec_mm allows only the types mmengine checkpoints hold; a file that names other '
+            'globals or calls can run code when it is loaded, so it is refused.') from err
     except Exception as err:  # noqa: BLE001 - re-raised with the file name
         raise CheckpointError(f'checkpoint {filename} is not a readable torch checkpoint '
                               f'({type(err).__name__}: {err})') from err

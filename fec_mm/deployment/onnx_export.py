@@ -20,6 +20,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..checkpoints.atomic_save import fsync_replace
+from ..outputs import default_file_mode
 from .rewrites import for_export
 
 MIN_OPSET = 18
@@ -181,6 +182,7 @@ def save_onnx(proto, path: str) -> None:
     os.close(fd)
     try:
         onnx.save(proto, tmp)
+        os.chmod(tmp, default_file_mode())  # mkstemp's file is 0600
         fsync_replace(tmp, path)
     finally:
         if osp.exists(tmp):

@@ -3,13 +3,15 @@
 ``pytorch2onnx.py CONFIG [CHECKPOINT] --shape H W [--batch B] [--part P]
 [--dynamic-batch] [--dynamic-shape] [--opset N] [--out F] [--verify]``
 
-Order of work, so that a bad input fails before anything is written: build
+Order of work, so that a bad input fails before anything is written: check
+that the output can be written (:func:`fec_mm.outputs.check_output_file`), build
 the model (config, checkpoint), pick the part, check H and W against the
 backbone's size divisor, run PyTorch once, export (dynamo, opset >= 18),
 check the graph's ops, verify with ONNX Runtime (``--verify``), then write
 the file through a temporary file and a rename.
 """
 import argparse
+import os
 import os.path as osp
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
@@ -20,6 +22,7 @@ from torch import Tensor
 
 from ..checkpoints import CheckpointError
 from ..models.assignments import clustering_layers
+from ..outputs import check_output_dir, check_output_file
 from .model_parts import PARTS, WithAssignments, build_model, export_part, size_divisor
 from .onnx_export import (
     DEFAULT_OPSET,
@@ -39,6 +42,7 @@ class ExportResult:
     part: str
     num_outputs: int
     reports: List[ParityReport] = field(default_factory=list)
+    replaced: bool = False  # an existing file was replaced
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,10 +110,17 @@ def export_config(config: str, checkpoint: Optional[str], shape: Sequence[int], 
     Raises:
         FileNotFoundError: Config, checkpoint or output folder missing.
         ValueError: Bad shape / opset, a part the model cannot export.
+        fec_mm.outputs.OutputPathError: The output cannot be written (a
+            ValueError; checked before the work).
         fec_mm.deployment.onnx_export.ExportError: The export failed, or
             ``verify`` found ONNX Runtime disagreeing with PyTorch.
     """
     check_opset(opset)
+    if out is not None:
+        _check_out_folder(out)
+        check_output_file(out, '--out')
+    else:  # <config name>_<part>.onnx in the current folder
+        check_output_dir(os.getcwd(), 'output folder (the current one, no --out given)')
     # Seeded initial weights, so that a run without checkpoint repeats; the
     # caller's random state is left as it was.
     with torch.random.fork_rng(devices=[]):
@@ -120,8 +131,7 @@ def export_config(config: str, checkpoint: Optional[str], shape: Sequence[int], 
     check_shape(shape, batch, divisor)
     if out is None:
         out = f'{osp.splitext(osp.basename(config))[0]}_{part}.onnx'
-    if not osp.isdir(osp.dirname(osp.abspath(out))):
-        raise FileNotFoundError(f'output folder does not exist: {osp.dirname(out)}')
+    replaced = check_output_file(out, 'output')
 
     x = example_input(batch, *shape, seed=seed)
     with_assignments = verify and bool(clustering_layers(module))
@@ -136,7 +146,7 @@ def export_config(config: str, checkpoint: Optional[str], shape: Sequence[int], 
     proto = export_onnx(traced, x, opset, dynamic_batch, dynamic_shape, divisor,
                         output_names)
 
-    result = ExportResult(path=out, part=part, num_outputs=num_features)
+    result = ExportResult(path=out, part=part, num_outputs=num_features, replaced=replaced)
     final = keep_outputs(proto, num_features) if with_assignments else proto
     if verify:
         session = onnxruntime_session(proto.SerializeToString())
@@ -163,6 +173,11 @@ def export_config(config: str, checkpoint: Optional[str], shape: Sequence[int], 
     return result
 
 
+def _check_out_folder(out: str) -> None:
+    if not osp.isdir(osp.dirname(osp.abspath(out))):
+        raise FileNotFoundError(f'output folder does not exist: {osp.dirname(out)}')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -174,6 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             seed=args.seed, cfg_options=args.cfg_options)
     except (FileNotFoundError, ValueError, ExportError, CheckpointError) as e:
         parser.exit(1, f'{parser.prog}: error: {e}\n')  # nothing was written
-    print(f'exported {result.part} ({result.num_outputs} outputs) to {result.path}')
+    print(f'exported {result.part} ({result.num_outputs} outputs) to {result.path}'
+          + (' (replaced the existing file)' if result.replaced else ''))
     for report in result.reports:
         print(report.summary())

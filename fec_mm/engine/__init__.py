@@ -10,10 +10,10 @@ from .launch import init_cpu_distributed, mpi_dist_env, slurm_dist_env, slurm_fi
 from .rng_state_hook import RngStateHook
 from .testing import build_test_parser, test
 from .training import build_train_parser, train
-from .training_guards import NonFiniteLossHook, WorkDirLock
+from .training_guards import FinalValidationHook, NonFiniteLossHook, WorkDirLock
 
 __all__ = [
-    'NonFiniteLossHook', 'RngStateHook', 'WorkDirLock', 'build_test_parser',
+    'FinalValidationHook', 'NonFiniteLossHook', 'RngStateHook', 'WorkDirLock', 'build_test_parser',
     'build_train_parser', 'check_data_paths', 'check_images_decode', 'init_cpu_distributed',
     'mpi_dist_env',
     'slurm_dist_env', 'slurm_first_host', 'test', 'train'

@@ -15,6 +15,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from ..checkpoints import AtomicCheckpointHook, find_resumable_checkpoint, load_checkpoint_file
+from ..checkpoints.atomic_save import check_resumable
 from ..models.whole_model import backbone_only_loading
 from .cli import (
     add_common_args,
@@ -26,7 +27,7 @@ from .cli import (
 from .data_checks import check_data_paths, check_images_decode, check_listed_files_exist
 from .rng_state_hook import RngStateHook
 from .testing import check_checkpoint_fits
-from .training_guards import NonFiniteLossHook, WorkDirLock
+from .training_guards import FinalValidationHook, NonFiniteLossHook, WorkDirLock
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -99,8 +100,10 @@ def build_train_config(args: argparse.Namespace) -> Config:
             print_log(f'--resume: no complete checkpoint in {cfg.work_dir}; training from '
                       'the start', logger='current', level=logging.WARNING)
     elif args.resume is not None:
-        if '://' not in args.resume and not osp.isfile(args.resume):
-            raise FileNotFoundError(f'--resume: checkpoint not found: {args.resume}')
+        if '://' not in args.resume:
+            if not osp.isfile(args.resume):
+                raise FileNotFoundError(f'--resume: checkpoint not found: {args.resume}')
+            check_resumable(args.resume)  # names the file, not a bare KeyError 'epoch'
         cfg.resume = True
         cfg.load_from = args.resume
 
@@ -110,8 +113,8 @@ def build_train_config(args: argparse.Namespace) -> Config:
 
     hooks = list(cfg.get('custom_hooks') or [])
     types = {h.get('type') for h in hooks if isinstance(h, dict)}
-    added = [dict(type=hook.__name__) for hook in (RngStateHook, NonFiniteLossHook)
-             if hook.__name__ not in types]
+    guards = (RngStateHook, NonFiniteLossHook, FinalValidationHook)
+    added = [dict(type=hook.__name__) for hook in guards if hook.__name__ not in types]
     if added:
         cfg.custom_hooks = hooks + added
         # The config dumped to the work dir then also builds with other tools.

@@ -86,7 +86,7 @@ class FEC(BaseModule):
             frozen; -1 freezes nothing. Default -1.
         drop_path_rate (float): Drop-path rate of the last block, growing
             linearly from 0. Default 0.
-        layer_scale_init (float): Initial layer scale. Default 1e-5.
+        layer_scale_init (float): Initial layer scale (finite). Default 1e-5.
         norm_cfg (dict): Norm of blocks, poolings and outputs. Default
             ``dict(type='GN', num_groups=1)``.
         act_cfg (dict): MLP activation. Default ``dict(type='GELU')``.
@@ -147,6 +147,11 @@ class FEC(BaseModule):
                 or not 0 <= drop_path_rate < 1):
             raise ValueError(f'FEC: drop_path_rate must be in [0, 1), got {drop_path_rate!r} '
                              '(1 drops every residual branch, so no block would learn)')
+        if (isinstance(layer_scale_init, bool) or not isinstance(layer_scale_init, (int, float))
+                or not math.isfinite(layer_scale_init)):
+            raise ValueError(f'FEC: layer_scale_init must be a finite number, got '
+                             f'{layer_scale_init!r} (a non-finite scale makes every feature '
+                             'NaN or infinite)')
         self.num_centers = _per_stage('num_centers', num_centers)
         self.folds = _per_stage('folds', folds)
         self.out_indices = self._parse_out_indices(out_indices)

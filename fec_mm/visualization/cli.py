@@ -5,15 +5,21 @@ config's test pipeline without ``LoadAnnotations`` prepares the image, the
 model's data preprocessor normalises (and pads) it, then only the backbone
 runs (:func:`~.cluster_maps.cluster_maps`). With ``--arch`` alone no config
 is needed: ``FEC(arch)`` on the image normalised with ImageNet's mean and
-std. Everything is checked before anything is drawn, and the files are
+std. Everything is checked before anything is drawn (``--out-dir``
+included: :func:`fec_mm.outputs.check_output_dir`), and the files are
 written to a temporary folder beside ``--out-dir`` and renamed into it, so
-a bad input writes nothing.
+a bad input writes nothing. Files an earlier run wrote for the same image
+and this run does not (other stages, blocks, groups) are removed, and the
+tool says what it replaced and removed.
 """
 import argparse
 import importlib
 import json
+import os
 import os.path as osp
+import re
 import shutil
+import sys
 import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -24,6 +30,7 @@ from mmengine.config import Config, DictAction
 
 from ..models.checkpoint import convert_whole_model, load_fec_checkpoint, read_state_dict
 from ..models.fec import FEC
+from ..outputs import check_output_dir
 from .cluster_maps import MERGE_FEATURES, cluster_maps
 from .contributions import linear_classifier_head
 from .merge import MERGE_METHODS
@@ -93,6 +100,8 @@ def read_image(path: str) -> np.ndarray:
     import mmcv
     if not osp.isfile(path):
         raise FileNotFoundError(f'image not found: {path}')
+    if osp.getsize(path) == 0:
+        raise ValueError(f'cannot read image {path}: the file is empty (0 bytes)')
     try:
         image = mmcv.imread(path, flag='color')
     except Exception as err:  # mmcv and its backends raise various types
@@ -174,7 +183,7 @@ def prepare_from_config(args: argparse.Namespace) -> Prepared:
                          'the image with')
     pipeline = Compose([registry.TRANSFORMS.build(t)
                         for t in _without_annotations(dataloader.dataset.pipeline)])
-    data = pipeline(dict(img_path=args.img))
+    data = pipeline(dict(img_path=args.img))  # fec_mm.images names the file in errors
     with torch.no_grad():
         batch = model.data_preprocessor(pseudo_collate([data]), False)
     packed = data['inputs']
@@ -224,6 +233,13 @@ def view_options(args: argparse.Namespace, prepared: Prepared) -> ViewOptions:
     return options
 
 
+def own_outputs(stem: str) -> re.Pattern:
+    """Names of the files vis_clusters writes for an image named ``stem``."""
+    views = (r'stage\d+|block\d+\.\d+_head\d+_(grid|pixels)|merged_k\d+|'
+             r'contribution_class\d+|sheet')
+    return re.compile(rf'^{re.escape(stem)}_(({views})\.png|clusters\.json)$')
+
+
 def _existing_parent(path: str) -> str:
     path = osp.abspath(path)
     while not osp.isdir(path):
@@ -253,6 +269,7 @@ def run(argv: Optional[Sequence[str]] = None) -> List[str]:
         raise ValueError(f'--alpha must be in [0, 1], got {args.alpha}')
     for b in args.block:
         parse_block(b)
+    check_output_dir(args.out_dir, '--out-dir')
     read_image(args.img)
     if args.html:
         from .explorer import check_html_path
@@ -281,14 +298,28 @@ def run(argv: Optional[Sequence[str]] = None) -> List[str]:
         if args.json:
             with open(osp.join(tmp, f'{stem}_clusters.json'), 'w') as f:
                 json.dump(report, f, indent=1)
-        return move_files(tmp, args.out_dir)
+        mine = own_outputs(stem)
+        before = sorted(n for n in os.listdir(args.out_dir) if mine.match(n)) \
+            if osp.isdir(args.out_dir) else []
+        written = move_files(tmp, args.out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    new = {osp.basename(p) for p in written}
+    replaced = [n for n in before if n in new]
+    stale = [n for n in before if n not in new]
+    for name in stale:
+        os.remove(osp.join(args.out_dir, name))
+    if replaced:
+        sys.stderr.write(f'vis_clusters: replaced {len(replaced)} files of an earlier run in '
+                         f'{args.out_dir}\n')
+    if stale:
+        sys.stderr.write(f'vis_clusters: removed {len(stale)} files of an earlier run in '
+                         f'{args.out_dir} that this one does not write: {", ".join(stale)}\n')
+    return written
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The CLI: prints the written files, or the error (exit status 1)."""
-    import sys
     try:
         written = run(argv)
     except (FileNotFoundError, ValueError) as err:

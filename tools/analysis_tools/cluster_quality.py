@@ -27,6 +27,7 @@ from fec_mm.analysis.cluster_quality import (
     evaluate_partitions,
     markdown_table,
 )
+from fec_mm.outputs import OutputPathError, check_output_file, default_file_mode
 from fec_mm.visualization.merge import MERGE_METHODS
 
 
@@ -78,6 +79,7 @@ def write_json_atomic(result: dict, path: str) -> None:
     try:
         with os.fdopen(fd, 'w') as f:
             json.dump(result, f, indent=1)
+        os.chmod(tmp, default_file_mode())  # mkstemp's file is 0600
         os.replace(tmp, path)
     except BaseException:
         if osp.exists(tmp):
@@ -92,6 +94,10 @@ def main(argv: Optional[List[str]] = None) -> dict:
         cfg.merge_from_dict(args.cfg_options)
     out = args.out or osp.join('work_dirs', 'cluster_quality',
                                osp.splitext(osp.basename(args.config))[0] + '.json')
+    try:  # before the minutes of work
+        replacing = check_output_file(out, '--out')
+    except OutputPathError as e:
+        sys.exit(f'cluster_quality: {e}')
     try:
         result = evaluate_partitions(
             cfg, args.checkpoint, ks=args.ks, seeds=args.seeds, num_images=args.num_images,
@@ -105,7 +111,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     write_json_atomic(result, out)
     print(markdown_table(result))
     print(f'\n{result["num_images"]} images, SLIC compactness {result["slic"]["compactness"]}; '
-          f'written {out}')
+          f'written {out}' + (' (replaced the existing file)' if replacing else ''))
     return result
 
 

@@ -19,6 +19,7 @@ import argparse
 from typing import Optional, Sequence
 
 from fec_mm.models.authors_checkpoint import convert_authors_checkpoint
+from fec_mm.outputs import check_output_file
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -26,7 +27,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument('src', help='authors\' checkpoint')
     parser.add_argument('dst', help='output path')
     args = parser.parse_args(argv)
-    report = convert_authors_checkpoint(args.src, args.dst)
+    try:
+        replaced = check_output_file(args.dst, 'output')  # before the work
+        report = convert_authors_checkpoint(args.src, args.dst)
+    except (OSError, ValueError) as err:  # bad input or output, named
+        parser.exit(1, f'{parser.prog}: error: {err}\n')
     dataset_meta = report['dataset_meta'] or {}
     classes = dataset_meta.get('classes')
     print(f"{args.src}: the authors' {report['layout']}\n"
@@ -36,7 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
           f"  dataset_meta: {len(classes) if classes else 'no'} class names"
           f"{', palette' if 'palette' in dataset_meta else ''}\n"
           f"  dropped: {', '.join(report['dropped']) or 'nothing'}\n"
-          f"  written: {args.dst}")
+          f"  written: {args.dst}" + (' (replaced the existing file)' if replaced else ''))
     return report
 
 

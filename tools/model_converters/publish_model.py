@@ -9,6 +9,7 @@ of its sha256 appended (``fec_maskrcnn_demo.pth`` ->
 ``fec_mm.checkpoints.publish``.
 """
 import argparse
+import glob
 import os.path as osp
 from typing import Optional, Sequence
 
@@ -20,8 +21,14 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument('in_file', help='checkpoint written by training')
     parser.add_argument('out_file', help='output name, ending with .pth')
     args = parser.parse_args(argv)
-    final = publish_checkpoint(args.in_file, args.out_file)
-    print(f'published {args.in_file} -> {final} ({osp.getsize(final) / 2**20:.1f} MiB)')
+    stem = glob.escape(osp.splitext(args.out_file)[0])
+    before = set(glob.glob(f'{stem}-*.pth'))
+    try:
+        final = publish_checkpoint(args.in_file, args.out_file)
+    except (OSError, ValueError) as err:  # bad input or output, named
+        parser.exit(1, f'{parser.prog}: error: {err}\n')
+    replaced = ' (replaced the existing identical file)' if final in before else ''
+    print(f'published {args.in_file} -> {final} ({osp.getsize(final) / 2**20:.1f} MiB){replaced}')
     return final
 
 
