@@ -137,7 +137,7 @@ def test_missing_keys_are_reported(tmp_path, log_file):
     assert 'norm0.weight' in log  # dense norms are not in a classification checkpoint
 
 
-def test_bad_checkpoints_raise_clear_errors(tmp_path):
+def test_bad_checkpoints_raise_clear_errors(tmp_path, capsys):
     def load(path):
         FEC(init_cfg=dict(type='Pretrained', checkpoint=str(path))).init_weights()
 
@@ -156,5 +156,7 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
     torch.save({'state_dict': {'conv1.weight': torch.zeros(1)}}, unrelated)
     with pytest.raises(ValueError, match='shares no key'):
         load(unrelated)
-    with pytest.raises(ValueError, match='not in the authors'):
+    with pytest.raises(SystemExit):  # the converter's one-line error
         convert_tool([str(base), str(tmp_path / 'x.pth')])
+    assert f"error: {base} is not in the authors' layout" in capsys.readouterr().err
+    assert not (tmp_path / 'x.pth').exists()
