@@ -35,7 +35,7 @@ suppress_warnings = []
 
 autodoc_member_order = 'bysource'
 autodoc_typehints = 'description'
-autodoc_default_options = {'members': True, 'show-inheritance': False}
+autodoc_default_options = {}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 
