@@ -1,4 +1,4 @@
-"""The FEC backbone: presets, shapes, sizes, freezing, gradients (FEC_SPEC.md)."""
+"""The FEC backbone: presets, shapes, sizes, freezing, gradients (docs/notes/design.md)."""
 import os.path as osp
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""The PyTorch reference ops against a brute-force reading of FEC_SPEC.md §2."""
+"""The PyTorch reference ops against a brute-force reading of docs/notes/design.md §2."""
 import math
 
 import pytest

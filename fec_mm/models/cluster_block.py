@@ -1,4 +1,4 @@
-"""The pre-norm residual cluster block of FEC (spec §2)."""
+"""The pre-norm residual cluster block of FEC (docs/notes/design.md §2)."""
 from typing import Optional
 
 import torch

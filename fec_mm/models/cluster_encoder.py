@@ -1,4 +1,4 @@
-"""Clustering-based feature encoding, the token mixer of FEC (spec §2)."""
+"""Clustering-based feature encoding, the token mixer of FEC (docs/notes/design.md §2)."""
 from typing import Optional
 
 import torch

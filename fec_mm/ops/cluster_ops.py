@@ -139,7 +139,7 @@ def cluster_assign(points: Tensor, centers: Tensor, impl: str = 'auto') -> Tuple
 def cluster_encode(points: Tensor, values: Tensor, centers: Tensor, value_centers: Tensor,
                    alpha: Tensor, beta: Tensor, impl: str = 'auto',
                    return_assignment: bool = False):
-    """Clustering-based feature encoding (FEC_SPEC.md §2, mixer steps 4-7).
+    """Clustering-based feature encoding (docs/notes/design.md §2, mixer steps 4-7).
 
     Args:
         points, values (Tensor): (R, N, d).
@@ -169,7 +169,7 @@ def cluster_encode(points: Tensor, values: Tensor, centers: Tensor, value_center
 
 def cluster_pool(points: Tensor, values: Tensor, centers: Tensor, value_centers: Tensor,
                  impl: str = 'auto', return_assignment: bool = False):
-    """Clustering-based feature pooling (FEC_SPEC.md §2, cluster pooling).
+    """Clustering-based feature pooling (docs/notes/design.md §2, cluster pooling).
 
     Args:
         points, values (Tensor): (R, N, d).

@@ -151,7 +151,7 @@ def _define(impl: str) -> dict:
         ctx.save_for_backward(output[1], output[2])
 
     def pool_grad(ctx, grad_g, *unused):
-        # points and centers only choose the assignment: no gradient (spec §2).
+        # points and centers only choose the assignment: no gradient (docs/notes/design.md §2).
         index, count = ctx.saved_tensors
         if grad_g is None:
             return None, None, None, None

@@ -1,4 +1,4 @@
-"""Readable PyTorch reference of the clustering steps (FEC_SPEC.md §2).
+"""Readable PyTorch reference of the clustering steps (docs/notes/design.md §2).
 
 These functions are the test oracle and the fallback of every fused kernel.
 They keep the maths in plain tensor operations, but never build a tensor of
@@ -32,7 +32,7 @@ def cosine_similarity_matrix(centers: Tensor, points: Tensor) -> Tensor:
 
 
 def _aggregate(values: Tensor, value_centers: Tensor, index: Tensor) -> Tensor:
-    """g_m = (vcenter_m + Σ_{a(n)=m} v_n) / (1 + #{n: a(n)=m}) (spec §2 step 6).
+    """g_m = (vcenter_m + Σ_{a(n)=m} v_n) / (1 + #{n: a(n)=m}) (docs/notes/design.md §2 step 6).
 
     Returns:
         Tensor: (R, M, d).
@@ -83,7 +83,7 @@ def chosen_cosine(points: Tensor, centers: Tensor, index: Tensor) -> Tensor:
 def cluster_encode_reference(points: Tensor, values: Tensor, centers: Tensor,
                              value_centers: Tensor, alpha: Tensor,
                              beta: Tensor, return_assignment: bool = False):
-    """Clustering-based feature encoding, steps 4-7 of the mixer (spec §2).
+    """Clustering-based feature encoding, steps 4-7 of the mixer (docs/notes/design.md §2).
 
     s[m, n] = sigmoid(β + α·cos(center_m, f_n)); a(n) = argmax_m s[m, n];
     out_n = s[a(n), n] · g_{a(n)}. Because sigmoid is increasing, the argmax
@@ -113,7 +113,7 @@ def cluster_encode_reference(points: Tensor, values: Tensor, centers: Tensor,
 
 def cluster_pool_reference(points: Tensor, values: Tensor, centers: Tensor,
                            value_centers: Tensor, return_assignment: bool = False):
-    """Clustering-based feature pooling (spec §2, cluster pooling).
+    """Clustering-based feature pooling (docs/notes/design.md §2, cluster pooling).
 
     Points join the center of highest plain cosine similarity; each center's
     representative is (vcenter_m + Σ v_n) / (1 + count). ``points`` and

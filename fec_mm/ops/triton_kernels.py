@@ -2,7 +2,7 @@
 
 Same contract as :mod:`fec_mm.ops.cpu` (``assign_forward`` ... ``pool_backward``),
 used through :mod:`fec_mm.ops.library`. Semantics are those of ``reference.py``
-(FEC_SPEC.md §2); memory is O((N + M)·d): nothing of size M×N is stored.
+(docs/notes/design.md §2); memory is O((N + M)·d): nothing of size M×N is stored.
 
 - Assignment: one program per (region, block of points) streams over blocks
   of centers; the similarity tile is a ``tl.dot`` in fp32 (IEEE, no TF32, so
@@ -124,7 +124,8 @@ def _segment_sum_kernel(X, WEIGHT, PERM, OFFSETS, BASE, OUT,
 def _dispatch_kernel(G, IDX, COS, ALPHA, BETA, OUT, N, M,
                      D: tl.constexpr, USE_SIM: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """out_n = sigmoid(β + α·cos_n)·g_{a(n)} (USE_SIM, spec §2 step 7) or g_{a(n)}."""
+    """out_n = sigmoid(β + α·cos_n)·g_{a(n)} (USE_SIM, docs/notes/design.md §2
+    step 7) or g_{a(n)}."""
     pid_n = tl.program_id(0)
     r = tl.program_id(1).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -1,4 +1,4 @@
-// CPU kernels of the FEC clustering ops (FEC_SPEC.md §2, mixer steps 4-7 and
+// CPU kernels of the FEC clustering ops (docs/notes/design.md §2, mixer steps 4-7 and
 // cluster pooling). Semantics are those of fec_mm/ops/reference.py.
 //
 // Memory: nothing of size M×N or M×N×d is allocated. The assignment streams
@@ -411,7 +411,7 @@ void scatter_rows(const at::Tensor& x, const double* weight, const at::Tensor& i
   });
 }
 
-// g_m = (vcenter_m + Σ_{a(n)=m} v_n) / (1 + count_m), spec §2 step 6.
+// g_m = (vcenter_m + Σ_{a(n)=m} v_n) / (1 + count_m), docs/notes/design.md §2 step 6.
 at::Tensor aggregate(const at::Tensor& values, const at::Tensor& value_centers,
                      const at::Tensor& index, const at::Tensor& count) {
   at::Tensor g = at::empty_like(value_centers);
