@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -375,11 +376,11 @@ def test_check_output():
     assert check_output('5,727,528', '5,727,529') == '5,727,528'
 
 
-@pytest.mark.parametrize('page', RUN_PAGES, ids=_ids(RUN_PAGES))
-def test_page_runs(page, sandbox_base, tmp_path):
-    """Each page's blocks, in order, in its own copy of the repository."""
-    repo = tmp_path / 'repo'
-    shutil.copytree(sandbox_base, repo, symlinks=True)
+def run_page(page: Path, base: Path, workdir: Path) -> Optional[str]:
+    """Run a page's blocks in order in its own copy of ``base``; None when
+    all pass, else what failed."""
+    repo = workdir / 'repo'
+    shutil.copytree(base, repo, symlinks=True)
     env = _env(repo)
     for n, block in enumerate(BLOCKS[page]):
         if block.lang not in RUN_LANGS or block.not_run is not None:
@@ -387,16 +388,41 @@ def test_page_runs(page, sandbox_base, tmp_path):
         if block.lang == 'bash':
             cmd = ['bash', '-e', '-o', 'pipefail', '-c', block.code]
         else:
-            script = tmp_path / f'block{n}.py'
+            script = workdir / f'block{n}.py'
             script.write_text(block.code)
             cmd = [sys.executable, str(script)]
-        proc = subprocess.run(cmd, cwd=repo, env=env, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, timeout=BLOCK_TIMEOUT_S)
-        assert proc.returncode == 0, (
-            f'{block.where} exited with {proc.returncode}:\n{block.code}\n--- output ---\n'
-            f'{proc.stdout[-6000:]}')
+        try:
+            proc = subprocess.run(cmd, cwd=repo, env=env, text=True, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, timeout=BLOCK_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return f'{block.where} ran longer than {BLOCK_TIMEOUT_S} s:\n{block.code}'
+        if proc.returncode:
+            return (f'{block.where} exited with {proc.returncode}:\n{block.code}\n'
+                    f'--- output ---\n{proc.stdout[-6000:]}')
         if block.expected is not None:
             missing = check_output(block.expected, proc.stdout)
-            assert missing is None, (
-                f'{block.where}: the output contradicts the checked figure {missing!r}:\n'
-                f'{proc.stdout[-4000:]}')
+            if missing is not None:
+                return (f'{block.where}: the output contradicts the checked figure {missing!r}:'
+                        f'\n{proc.stdout[-4000:]}')
+    return None
+
+
+@pytest.fixture(scope='module')
+def page_runs(sandbox_base, tmp_path_factory):
+    """All pages, started at once on two workers (each block is one process;
+    the pages that train run first), so the module takes the time of the
+    longest half rather than the sum."""
+    trains = {page: sum(b.code.count('tools/train.py') for b in BLOCKS[page]
+                        if b.lang in RUN_LANGS and b.not_run is None) for page in RUN_PAGES}
+    pool = ThreadPoolExecutor(max_workers=2)
+    futures = {page: pool.submit(run_page, page, sandbox_base, tmp_path_factory.mktemp('page'))
+               for page in sorted(RUN_PAGES, key=lambda p: -trains[p])}
+    yield futures
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.parametrize('page', RUN_PAGES, ids=_ids(RUN_PAGES))
+def test_page_runs(page, page_runs):
+    """Each page's blocks, in order, in its own copy of the repository."""
+    failure = page_runs[page].result()
+    assert failure is None, failure
