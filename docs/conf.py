@@ -29,9 +29,8 @@ root_doc = 'index'
 exclude_patterns = ['_build', 'benchmarks/**']
 
 myst_enable_extensions = ['dollarmath', 'colon_fence']
+# Links to sections (`page.md#2-four-stages`) as GitHub renders them.
 myst_heading_anchors = 3
-# Headings of the docs tree are numbered once in the text (design.md §1-§7).
-suppress_warnings = []
 
 autodoc_member_order = 'bysource'
 autodoc_typehints = 'description'
