@@ -1,4 +1,5 @@
-# The two set-up commands of README: `make demo` (the main job) and `make test`.
+# The two set-up commands of README: `make demo` (the main job) and `make test`
+# (ruff, the docs build, pytest: what CI runs).
 # Both first install what is missing into .venv (tools/setup_env.sh, idempotent).
 # MMCV=full (e.g. `make setup MMCV=full`) builds mmcv with all its compiled ops;
 # by default .venv gets mmcv-lite with fec-mm's torchvision-backed ops, and keeps
@@ -10,7 +11,7 @@ MMCV ?=
 # and, as root, Debian's chromium (apt-get), for the cluster explorer's tests.
 TEST_BROWSER ?= 0
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint docs
 
 setup:
 	MMCV=$(MMCV) TEST_BROWSER=$(TEST_BROWSER) bash tools/setup_env.sh
@@ -21,6 +22,11 @@ demo: setup
 lint: setup
 	$(PY) -m ruff check .
 
+# HTML into docs/_build/html; any Sphinx warning (broken link or reference,
+# page outside the toctree, bad docstring) is an error.
+docs: setup
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
 test: TEST_BROWSER = 1
-test: lint
+test: lint docs
 	$(PY) -m pytest -q

@@ -1,12 +1,12 @@
 # FEC-Small Mask R-CNN, FPN, 1x schedule, COCO 2017 instances.
 #
-# Paper figure (FEC_SPEC.md §3): box AP 35.6 / mask AP 33.6, 24.3 M params,
+# Paper figure (docs/notes/design.md §3): box AP 35.6 / mask AP 33.6, 24.3 M params,
 # with the backbone initialised from the ImageNet-1k FEC-Small checkpoint:
 #   --cfg-options model.backbone.init_cfg.type=Pretrained \
 #                 model.backbone.init_cfg.checkpoint=fec_small_mm.pth
 # (the authors' checkpoints load as they are: docs/user_guides/authors_checkpoints.md).
 #
-# Data (README, section "Data"): mmdet's COCO layout under data/coco/
+# Data (docs/user_guides/dataset_prepare.md): mmdet's COCO layout under data/coco/
 #   data/coco/annotations/instances_{train,val}2017.json
 #   data/coco/train2017/*.jpg, data/coco/val2017/*.jpg
 #

@@ -1,8 +1,8 @@
 # FEC-Small RetinaNet, FPN, 1x schedule, COCO 2017 (boxes only).
 #
-# Paper figure: none (FEC_SPEC.md reports Mask R-CNN only).
+# Paper figure: none (the paper reports Mask R-CNN only, docs/notes/design.md §3).
 #
-# Data (README, section "Data"): mmdet's COCO layout under data/coco/
+# Data (docs/user_guides/dataset_prepare.md): mmdet's COCO layout under data/coco/
 #   data/coco/annotations/instances_{train,val}2017.json
 #   data/coco/train2017/*.jpg, data/coco/val2017/*.jpg
 #

@@ -1,11 +1,11 @@
 # FEC-Small Semantic FPN, ADE20K (150 classes), 512x512 crops, 80k iterations.
 #
-# Paper figure (FEC_SPEC.md §3): mIoU 35.3, 9.1 M params, with the backbone
+# Paper figure (docs/notes/design.md §3): mIoU 35.3, 9.1 M params, with the backbone
 # initialised from the ImageNet-1k FEC-Small checkpoint:
 #   --cfg-options model.backbone.init_cfg.type=Pretrained \
 #                 model.backbone.init_cfg.checkpoint=fec_small_mm.pth
 #
-# Data (README, section "Data"): mmseg's ADE20K layout under
+# Data (docs/user_guides/dataset_prepare.md): mmseg's ADE20K layout under
 # data/ade/ADEChallengeData2016/
 #   images/{training,validation}/ADE_*.jpg
 #   annotations/{training,validation}/ADE_*.png  (0 = other/ignored, 1..150 classes)

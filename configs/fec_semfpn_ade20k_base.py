@@ -1,6 +1,6 @@
 # FEC-Base Semantic FPN, ADE20K (150 classes), 512x512 crops, 80k iterations.
 #
-# Paper figure (FEC_SPEC.md §3, as repeated by the authors' group, not
+# Paper figure (docs/notes/design.md §3, as repeated by the authors' group, not
 # measured here): mIoU 37.7, 18.0 M params, backbone initialised from the
 # ImageNet-1k FEC-Base checkpoint.
 # Data layout, recipe and evaluation: as ./fec_semfpn_ade20k.py (its header

@@ -1,12 +1,12 @@
 # FEC-Small image classification, ImageNet-1k, 224x224.
 #
-# Paper figure (FEC_SPEC.md §3): top-1 72.7 %, 5.7 M params.
+# Paper figure (docs/notes/design.md §3): top-1 72.7 %, 5.7 M params.
 #
-# Data (README, section "Data"): mmpretrain's ImageNet layout under data/imagenet/
+# Data (docs/user_guides/dataset_prepare.md): mmpretrain's ImageNet layout under data/imagenet/
 #   train/<wnid>/*.JPEG, val/*.JPEG (flat), meta/train.txt and meta/val.txt
 #   ("<path relative to train/ or val/> <label>" per line)
 #
-# Recipe (the authors', FEC_SPEC.md §4): AdamW lr 1e-3 at global batch 1024
+# Recipe (the authors', docs/notes/design.md §4): AdamW lr 1e-3 at global batch 1024
 # (8 GPUs x 128; other sizes: --auto-scale-lr), weight decay 0.05, 5 warm-up
 # epochs, cosine to 1e-5 at epoch 300, then 10 cool-down epochs at 1e-5;
 # drop path 0.1, RandAugment, Mixup 0.8 / CutMix 1.0, label smoothing 0.1,

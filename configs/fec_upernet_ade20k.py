@@ -1,8 +1,8 @@
 # FEC-Small UperNet, ADE20K (150 classes), 512x512 crops, 80k iterations.
 #
-# Paper figure: none (FEC_SPEC.md reports Semantic FPN only).
+# Paper figure: none (the paper reports Semantic FPN only, docs/notes/design.md §3).
 #
-# Data (README, section "Data"): mmseg's ADE20K layout under
+# Data (docs/user_guides/dataset_prepare.md): mmseg's ADE20K layout under
 # data/ade/ADEChallengeData2016/
 #   images/{training,validation}/ADE_*.jpg
 #   annotations/{training,validation}/ADE_*.png  (0 = other/ignored, 1..150 classes)

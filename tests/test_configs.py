@@ -1,7 +1,7 @@
 """Every config in configs/ builds: its model (and the neck/heads accept the
 FEC maps), every transform of its pipelines, its optimizer and schedulers;
 the demo configs also build their datasets on generated demo data.
-The real configs keep the authors' recipes (FEC_SPEC.md §4)."""
+The real configs keep the authors' recipes (docs/notes/design.md §4)."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""The ContextCluster backbone (FEC_SPEC.md §7): presets and parameter counts,
+"""The ContextCluster backbone (docs/notes/design.md §7): presets and parameter counts,
 equality with the authors' models/context_cluster.py (recorded outputs of
 their code in tests/data, and live when their repository was fetched), the
 authors' checkpoint layout, FEC/CoC checkpoints refused across, conventions."""

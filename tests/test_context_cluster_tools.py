@@ -68,7 +68,7 @@ def test_get_flops_cli_on_a_coc_classifier_config():
     expected = count_flops(backbone, (torch.randn(1, 3, 64, 64),))
     assert flops == expected.flops + 320 * 1000 + 320 * 2 * 2  # + head and pooling
     assert clustering == expected.clustering > 0
-    assert params == 5_570_584  # FEC_SPEC.md §7
+    assert params == 5_570_584  # docs/notes/design.md §7
 
 
 def test_cluster_maps_trace_each_block_within_its_regions(tmp_path):

@@ -1,4 +1,4 @@
-"""The FEC backbone: presets, shapes, sizes, freezing, gradients (FEC_SPEC.md)."""
+"""The FEC backbone: presets, shapes, sizes, freezing, gradients (docs/notes/design.md)."""
 import os.path as osp
 import subprocess
 import sys
@@ -109,7 +109,7 @@ def test_gradients_reach_every_trainable_parameter():
     # probability < 1e-8, which batch 2 did for one block with some seeds.
     sum(o.square().mean() for o in model(torch.randn(8, 3, 64, 64))).backward()
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    # Only the pooling similarity convs are frozen: they feed an argmax (spec §2).
+    # Only the pooling similarity convs are frozen: they feed an argmax (docs/notes/design.md §2).
     assert frozen == {f'cluster_poolings.{i}.conv_f.{w}'
                       for i in range(3) for w in ('weight', 'bias')}
     for name, p in model.named_parameters():

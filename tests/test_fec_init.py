@@ -1,4 +1,4 @@
-"""FEC's default initialisation follows the authors' recipe (FEC_SPEC.md §2).
+"""FEC's default initialisation follows the authors' recipe (docs/notes/design.md §2).
 
 The recipe is written here from its description, not from the authors' code:
 ``nn.Linear`` truncated normal std 0.02 with zero bias; every ``nn.Conv2d``

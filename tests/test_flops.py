@@ -169,7 +169,7 @@ def test_get_flops_cli_on_classifier_config():
     head = 320 * 1000 + 320 * 2 * 2  # linear head + global average pooling
     assert flops == expected.flops + head
     assert clustering == expected.clustering
-    assert params == 5_727_528  # FEC_SPEC.md §3, with the 1000-class head
+    assert params == 5_727_528  # docs/notes/design.md §3, with the 1000-class head
 
 
 def test_get_flops_cli_rejects_bad_shape():

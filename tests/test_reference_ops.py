@@ -1,4 +1,4 @@
-"""The PyTorch reference ops against a brute-force reading of FEC_SPEC.md §2 (and §7:
+"""The PyTorch reference ops against a brute-force reading of docs/notes/design.md §2 (and §7:
 Context Clusters' similarity-weighted center update, ``aggregation='similarity'``)."""
 import math
 
@@ -25,7 +25,7 @@ def _first_argmax(scores):
 def brute_force(points, values, centers, value_centers, alpha=None, beta=None,
                 aggregation='mean'):
     """Spec formulas with Python loops; alpha None means pooling (plain cosine);
-    aggregation 'similarity' weighs each member by its similarity (spec §7)."""
+    aggregation 'similarity' weighs each member by its similarity (docs/notes/design.md §7)."""
     R, N, _ = points.shape
     M = centers.shape[1]
     p, v, c, vc = (t.tolist() for t in (points, values, centers, value_centers))

@@ -101,19 +101,19 @@ def test_amp_needs_a_plain_optim_wrapper(config):
         _train_config(config, '--amp', '--cfg-options', 'optim_wrapper.type=ApexOptimWrapper')
 
 
-def test_missing_data_root_names_it_and_the_readme(tmp_path):
+def test_missing_data_root_names_it_and_the_data_guide(tmp_path):
     config = write_config(tmp_path / 'tiny.py', str(tmp_path / 'no_data'))
     with pytest.raises(FileNotFoundError) as err:
         _train_config(config)
     message = str(err.value)
     assert 'train_dataloader.dataset.data_root' in message
-    assert str(tmp_path / 'no_data') in message and "README.md, section 'Data'" in message
+    assert str(tmp_path / 'no_data') in message and 'docs/user_guides/dataset_prepare.md' in message
 
 
 def test_missing_annotation_file_is_joined_with_data_root(tmp_path, data):
     config = write_config(tmp_path / 'tiny.py', str(data), ann_file='meta/train.txt')
     with pytest.raises(FileNotFoundError, match="ann_file does not exist: .*data/meta/train.txt "
-                       r"\(see README.md, section 'Data'\)"):
+                       r'\(see docs/user_guides/dataset_prepare.md\)'):
         _train_config(config)
     (data / 'meta').mkdir()
     (data / 'meta' / 'train.txt').write_text('cat/0.png 0\n')

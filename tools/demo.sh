@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job (README, "Main job (demo)"): write the demo data if missing,
+# The main job (docs/get_started.md, "First run: the demo"): write the demo data if missing,
 # train FEC-Small Mask R-CNN on it on CPU, evaluate it at the end of
 # training (COCO bbox/segm AP from pycocotools), then print a summary and
 # check that the loss fell and both APs are above 0 (exit status 1 if not),

@@ -4,7 +4,7 @@
 
 writes data/demo/coco, data/demo/ade/ADEChallengeData2016 and
 data/demo/imagenet; a second run with the same settings does nothing.
-See README.md, section "Data".
+See docs/user_guides/dataset_prepare.md.
 """
 import argparse
 

@@ -105,7 +105,7 @@ esac
 # have not changed and the environment still imports.
 STAMP="$VENV/.fec_mm_setup_stamp"
 HASH=$({ echo "mmcv=$WANT"
-         cat requirements.txt setup.py pyproject.toml tools/setup_env.sh
+         cat requirements.txt requirements-docs.txt setup.py pyproject.toml tools/setup_env.sh
          cat mmcv_lite_ops/pyproject.toml mmcv_lite_ops/mmcv/_ext.py
          cat fec_mm/ops/csrc/* 2>/dev/null || true; } | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] && [ "$HAVE" = "$WANT" ] \
@@ -124,6 +124,8 @@ fi
 log "installing pinned requirements"
 # Constrain torch so that no dependency swaps it for another build.
 "${PIP[@]}" -r requirements.txt -c <(printf 'torch==%s\ntorchvision==%s\n' "$TORCH" "$TORCHVISION")
+log "installing the docs build's pinned requirements (make docs)"
+"${PIP[@]}" -r requirements-docs.txt -c <(printf 'torch==%s\ntorchvision==%s\n' "$TORCH" "$TORCHVISION")
 
 installed() { "$PY" -m pip show -q "$1" >/dev/null 2>&1; }
 if [ "$HAVE" != "$WANT" ]; then

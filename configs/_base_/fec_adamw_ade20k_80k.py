@@ -1,4 +1,4 @@
-# The authors' ADE20K schedule for FEC segmentors (FEC_SPEC.md §4): AdamW
+# The authors' ADE20K schedule for FEC segmentors (docs/notes/design.md §4): AdamW
 # lr 1e-4, weight decay 1e-4, poly decay (power 0.9) to 0 over 80k iterations,
 # global batch 16 (4 GPUs x 4 crops). Other batch sizes:
 # `tools/train.py ... --auto-scale-lr`.

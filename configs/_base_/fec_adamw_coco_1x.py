@@ -1,4 +1,4 @@
-# The authors' COCO 1x schedule for FEC detectors (FEC_SPEC.md §4): AdamW
+# The authors' COCO 1x schedule for FEC detectors (docs/notes/design.md §4): AdamW
 # lr 2e-4, weight decay 1e-4, 500-iteration linear warm-up, 12 epochs with the
 # learning rate multiplied by 0.2 at epochs 8, 9 and 11, global batch 16
 # (8 GPUs x 2 images). Other batch sizes: `tools/train.py ... --auto-scale-lr`.

@@ -4,7 +4,7 @@
 # Data: data/demo/coco/ (COCO instances format: annotations/instances_*.json,
 # train2017/, val2017/), written by `python tools/make_demo_data.py`.
 # Changed from the real config: data root and classes, image size, schedule.
-# Main job: `bash tools/demo.sh` (README "Main job (demo)").
+# Main job: `bash tools/demo.sh` (docs/get_started.md, "First run: the demo").
 _base_ = '../fec_maskrcnn.py'
 
 data_root = 'data/demo/coco/'
@@ -57,7 +57,7 @@ train_cfg = dict(max_epochs=num_epochs, val_interval=num_epochs)
 default_hooks = dict(logger=dict(interval=10),
                      checkpoint=dict(interval=num_epochs, max_keep_ckpts=1))
 auto_scale_lr = dict(enable=False, base_batch_size=4)
-# Cluster maps (README "Cluster maps") of the first two validation images
+# Cluster maps (docs/user_guides/visualization.md) of the first two validation images
 # after every validation: vis_data/vis_image/cluster_maps_*.png, and the
 # per-stage numbers as cluster_maps/* scalars.
 custom_hooks = [dict(type='ClusterMapHook', interval=1, num_images=2)]

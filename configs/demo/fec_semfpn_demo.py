@@ -50,7 +50,7 @@ train_cfg = dict(max_iters=num_iters, val_interval=num_iters)
 default_hooks = dict(logger=dict(interval=10),
                      checkpoint=dict(interval=num_iters, max_keep_ckpts=1))
 auto_scale_lr = dict(enable=False, base_batch_size=4)
-# Cluster maps (README "Cluster maps") of the first two validation images
+# Cluster maps (docs/user_guides/visualization.md) of the first two validation images
 # after every validation: vis_data/vis_image/cluster_maps_*.png, and the
 # per-stage numbers as cluster_maps/* scalars.
 custom_hooks = [dict(type='ClusterMapHook', interval=1, num_images=2)]

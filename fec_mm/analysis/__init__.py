@@ -1,8 +1,8 @@
 """Analysis of FEC models.
 
-Cost (README "Cost: FLOPs and speed"): ``flops`` (FEC's ops in mmengine's
+Cost (docs/user_guides/analysis.md): ``flops`` (FEC's ops in mmengine's
 FLOP counter, registered on ``import fec_mm``; counts of models and configs).
-Cluster quality (README "Cluster quality"): ``segment_metrics`` (scores of a
+Cluster quality (docs/user_guides/analysis.md, "Cluster quality"): ``segment_metrics`` (scores of a
 partition against ground-truth segments), ``partitions`` (FEC's final
 clusters, grid, SLIC), ``segment_data`` (images and masks from mmdet/mmseg
 configs), ``cluster_quality`` (all together).

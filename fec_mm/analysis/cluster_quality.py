@@ -1,7 +1,7 @@
 """Are FEC's clusters good segments? Partitions of images and their scores.
 
 For one image, FEC's partition is the final-stage cluster of every pixel
-(the pooling chain of spec §5, read with :func:`record_assignments`, traced
+(the pooling chain of docs/notes/design.md §5, read with :func:`record_assignments`, traced
 with :func:`stage_maps` / :func:`to_pixels`), merged into K groups by
 :func:`merge_clusters` on the final stage's token features (the output of
 the last stage's blocks, one vector per final token, before the output

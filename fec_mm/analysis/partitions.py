@@ -148,7 +148,7 @@ def backbone_from_config(cfg: Config, checkpoint: Optional[str] = None,
     bcfg['init_cfg'] = None
     torch.manual_seed(seed)
     backbone = MODELS.build(bcfg)
-    if checkpoint is None:  # construction applies the default init (spec §2)
+    if checkpoint is None:  # construction applies the default init (docs/notes/design.md §2)
         return backbone.eval()
     state_dict, _ = convert_whole_model(read_state_dict(checkpoint))  # the authors' files too
     prefix = 'backbone.' if any(k.startswith('backbone.') for k in state_dict) else ''

@@ -7,7 +7,7 @@ shape and, to keep a CPU demo short, also by a hue per class (jittered). The
 same polygon draws the pixels and is written as the annotation, so masks,
 boxes and label maps agree exactly.
 
-Layouts written under ``root`` (those README's "Data" section documents)::
+Layouts written under ``root`` (those docs/user_guides/dataset_prepare.md documents)::
 
     coco/annotations/instances_{train,val}2017.json   polygons, area, bbox, iscrowd
     coco/{train,val}2017/000000000001.jpg

@@ -4,7 +4,7 @@
 
 prints the first and last logged training loss and the final validation
 metrics, and exits with status 1 if the loss did not fall or a required
-metric is not above 0 (the demo's own check; see README "Main job (demo)").
+metric is not above 0 (the demo's own check; see docs/get_started.md, "First run: the demo").
 """
 import argparse
 import glob

@@ -1,5 +1,5 @@
 """Deployment of FEC models: ONNX export (dynamo exporter, standard ops only)
-and ONNX Runtime parity checks. See README "Deployment"."""
+and ONNX Runtime parity checks. See docs/user_guides/deployment.md."""
 from .model_parts import MMDEPLOY_HINT, PARTS, WithAssignments, build_model, export_part
 from .onnx_export import ALLOWED_OPS, ExportError, check_standard_ops, export_onnx, save_onnx
 from .parity import ParityReport, check_parity, onnxruntime_session

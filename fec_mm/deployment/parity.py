@@ -26,8 +26,8 @@ class ParityReport:
     Attributes:
         shape (tuple): The input shape compared.
         max_abs_error (float): Over every element of every output.
-        max_abs_value (float): Largest |PyTorch output|, for scale.
-        within_atol (float): Share of output elements with |ORT - PyTorch| <= atol.
+        max_abs_value (float): Largest ``abs(PyTorch output)``, for scale.
+        within_atol (float): Share of output elements with ``abs(ORT - PyTorch) <= atol``.
         atol (float): That tolerance.
         assignments_equal (float): Share of recorded assignment indices that
             are equal (nan when the model has no clustering layer).

@@ -11,7 +11,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 from mmengine.config import Config
 
-DATA_HINT = "see README.md, section 'Data'"
+DATA_HINT = "see docs/user_guides/dataset_prepare.md"
 # JSON annotation files up to this size are parsed here (COCO val2017's
 # instances file is 25 MB; train2017's 448 MB is left to the dataset).
 JSON_CHECK_LIMIT = 128 << 20
@@ -49,7 +49,7 @@ def check_data_paths(cfg: Config, dataloaders: Sequence[str]) -> None:
 
     Raises:
         FileNotFoundError: Names the config entry, the missing path and the
-            README section on data.
+            docs/user_guides/dataset_prepare.md.
     """
     for key in dataloaders:
         loader = cfg.get(key)

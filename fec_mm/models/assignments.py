@@ -1,4 +1,4 @@
-"""Recording the cluster assignments an FEC model really used (spec §5).
+"""Recording the cluster assignments an FEC model really used (docs/notes/design.md §5).
 
 ``with record_assignments(model) as rec:`` makes every ``ClusterPooling``
 and every ``ClusterEncoder`` inside ``model`` hand the recorder the exact

@@ -1,4 +1,5 @@
-"""The pre-norm residual cluster block of FEC (spec §2) and Context Clusters (§7)."""
+"""The pre-norm residual cluster block of FEC (docs/notes/design.md §2) and of
+Context Clusters (§7)."""
 from typing import Optional
 
 import torch

@@ -1,5 +1,5 @@
-"""Clustering-based feature encoding, the token mixer of FEC (spec §2) and of
-Context Clusters (spec §7)."""
+"""Clustering-based feature encoding, the token mixer of FEC (docs/notes/design.md §2) and of
+Context Clusters (docs/notes/design.md §7)."""
 from typing import Optional
 
 import torch

@@ -1,4 +1,4 @@
-"""Clustering-based feature pooling, the downsampling between stages (spec §2)."""
+"""Clustering-based feature pooling, the downsampling between stages (docs/notes/design.md §2)."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -1,6 +1,6 @@
 """Context Clusters (CoC): "Image as Set of Points" (Ma et al., ICLR 2023).
 
-FEC's parent (``shared/FEC_SPEC.md`` §7), on the same ops: the same point
+FEC's parent (docs/notes/design.md §7), on the same ops: the same point
 reducer and cluster block (:class:`~fec_mm.models.cluster_block.ClusterBlock`)
 with the similarity-weighted center update (``aggregation='similarity'`` of
 :func:`fec_mm.ops.cluster_encode`, the authors' code after their fix 3ccb0b6),
@@ -125,7 +125,7 @@ class ContextCluster(BaseModule):
         self.with_cp = with_cp
         self.in_channels = in_channels
         self.num_stages = max(self.out_indices) + 1
-        # Stage k's map is (H/4)/2^k; its fold must divide it (spec §7).
+        # Stage k's map is (H/4)/2^k; its fold must divide it (docs/notes/design.md §7).
         self.size_divisor = math.lcm(4, *(4 * 2**k * f for k, f in enumerate(self.folds)
                                           if k < self.num_stages and f > 1))
 

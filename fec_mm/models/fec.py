@@ -1,7 +1,7 @@
 """FEC: Feature Extraction with Clustering (Chen et al., CVPR 2024).
 
 "Neural Clustering based Visual Representation Learning", arXiv 2403.17409.
-One backbone class for every size and task; see ``shared/FEC_SPEC.md``.
+One backbone class for every size and task; see ``docs/notes/design.md``.
 """
 import math
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -27,7 +27,7 @@ IntOrSeq = Union[int, Sequence[int]]
 
 
 class PointReducer(nn.Module):
-    """Input embedding (spec §1): append the two position channels, then a
+    """Input embedding (docs/notes/design.md §1): append the two position channels, then a
     4×4 stride-4 convolution."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
@@ -104,7 +104,7 @@ class FEC(BaseModule):
             any other mmengine init config is applied by ``init_weights()``
             over the default below.
 
-    Default initialisation, as in the authors' code (FEC_SPEC.md §2), so that
+    Default initialisation, as in the authors' code (docs/notes/design.md §2), so that
     from-scratch training starts from the paper's distribution: every
     ``nn.Linear`` (the block MLPs) gets a truncated normal with std 0.02 and
     zero bias; every ``nn.Conv2d`` (stem, mixer ``f``/``v``/``proj``, pooling
@@ -221,7 +221,7 @@ class FEC(BaseModule):
 
     @staticmethod
     def _init_default(m: nn.Module) -> None:
-        # The authors' recipe (FEC_SPEC.md §2, "Initialisation"): linears only;
+        # The authors' recipe (docs/notes/design.md §2, "Initialisation"): linears only;
         # every Conv2d keeps PyTorch's default, which the never-trained
         # pooling conv_f then keeps for the life of the model.
         if isinstance(m, nn.Linear):

@@ -1,4 +1,4 @@
-"""Cutting feature maps into independently clustered regions (spec §2 step 2)."""
+"""Cutting feature maps into independently clustered regions (docs/notes/design.md §2 step 2)."""
 from typing import Tuple
 
 from torch import Tensor

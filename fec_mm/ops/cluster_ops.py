@@ -31,7 +31,7 @@ from .library import OPS
 from .reference import chosen_cosine
 
 IMPLS = ('auto', 'reference', 'cpu', 'triton')
-# Center update of cluster_encode: FEC's plain mean (FEC_SPEC.md §2 step 6) or
+# Center update of cluster_encode: FEC's plain mean (docs/notes/design.md §2 step 6) or
 # Context Clusters' similarity-weighted mean (§7).
 AGGREGATIONS = ('mean', 'similarity')
 
@@ -142,7 +142,7 @@ def cluster_assign(points: Tensor, centers: Tensor, impl: str = 'auto') -> Tuple
 def cluster_encode(points: Tensor, values: Tensor, centers: Tensor, value_centers: Tensor,
                    alpha: Tensor, beta: Tensor, impl: str = 'auto',
                    return_assignment: bool = False, aggregation: str = 'mean'):
-    """Clustering-based feature encoding (FEC_SPEC.md §2, mixer steps 4-7).
+    """Clustering-based feature encoding (docs/notes/design.md §2, mixer steps 4-7).
 
     One op for FEC and Context Clusters (CoC): they differ in the center
     update only. With s_n = sigmoid(β + α·cos_n) each point's similarity to
@@ -185,7 +185,7 @@ def cluster_encode(points: Tensor, values: Tensor, centers: Tensor, value_center
 
 def cluster_pool(points: Tensor, values: Tensor, centers: Tensor, value_centers: Tensor,
                  impl: str = 'auto', return_assignment: bool = False):
-    """Clustering-based feature pooling (FEC_SPEC.md §2, cluster pooling).
+    """Clustering-based feature pooling (docs/notes/design.md §2, cluster pooling).
 
     Args:
         points, values (Tensor): (R, N, d).

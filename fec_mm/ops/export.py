@@ -10,7 +10,8 @@ runtime has:
 
 - cosine similarity: normalisation + MatMul;
 - assignment: ArgMax over the centers (ONNX ArgMax keeps the first maximum by
-  default, ``select_last_index=0``, the spec's ties to the lowest index);
+  default, ``select_last_index=0``: ties to the lowest index, as in
+  docs/notes/design.md §2);
 - aggregation without scatter: a one-hot (R, M, N) matrix from an Equal of
   the index with a Range, then MatMul with the values, ReduceSum for counts;
 - dispatch: GatherElements of each point's cluster aggregate;
@@ -85,8 +86,8 @@ def cluster_assign_export(points: Tensor, centers: Tensor) -> Tuple[Tensor, Tens
 def cluster_encode_export(points: Tensor, values: Tensor, centers: Tensor,
                           value_centers: Tensor, alpha: Tensor, beta: Tensor,
                           return_assignment: bool = False, aggregation: str = 'mean'):
-    """Export formulation of :func:`fec_mm.ops.cluster_encode` (spec §2, steps 4-7;
-    ``aggregation='similarity'``: the one-hot matrix weighted by s, spec §7)."""
+    """Export formulation of :func:`fec_mm.ops.cluster_encode` (docs/notes/design.md §2, steps 4-7;
+    ``aggregation='similarity'``: the one-hot matrix weighted by s, docs/notes/design.md §7)."""
     cos_all = cosine_matrix_export(centers, points)
     scaled = alpha.reshape(()) * cos_all
     index, best = _argmax_centers(scaled)
@@ -104,7 +105,7 @@ def cluster_encode_export(points: Tensor, values: Tensor, centers: Tensor,
 
 def cluster_pool_export(points: Tensor, values: Tensor, centers: Tensor,
                         value_centers: Tensor, return_assignment: bool = False):
-    """Export formulation of :func:`fec_mm.ops.cluster_pool` (spec §2).
+    """Export formulation of :func:`fec_mm.ops.cluster_pool` (docs/notes/design.md §2).
 
     With ``return_assignment``: (out, index, cos), as the public op returns.
     """

@@ -81,7 +81,7 @@ def _define(impl: str) -> dict:
 
     # ------------------------------------------------------------ encode
     # `weighted`: Context Clusters' similarity-weighted center update instead
-    # of FEC's mean (spec §7). The last output is each center's denominator,
+    # of FEC's mean (docs/notes/design.md §7). The last output is each center's denominator,
     # 1 + count (mean) or 1 + Σ s of its members (weighted).
     @torch.library.custom_op(f'{ns}cluster_encode_{impl}', mutates_args=())
     def encode(points: Tensor, values: Tensor, centers: Tensor, value_centers: Tensor,
@@ -158,7 +158,7 @@ def _define(impl: str) -> dict:
         ctx.save_for_backward(output[1], output[2])
 
     def pool_grad(ctx, grad_g, *unused):
-        # points and centers only choose the assignment: no gradient (spec §2).
+        # points and centers only choose the assignment: no gradient (docs/notes/design.md §2).
         index, count = ctx.saved_tensors
         if grad_g is None:
             return None, None, None, None

@@ -1,4 +1,4 @@
-"""Readable PyTorch reference of the clustering steps (FEC_SPEC.md §2).
+"""Readable PyTorch reference of the clustering steps (docs/notes/design.md §2).
 
 These functions are the test oracle and the fallback of every fused kernel.
 They keep the maths in plain tensor operations, but never build a tensor of
@@ -35,8 +35,8 @@ def _aggregate(values: Tensor, value_centers: Tensor, index: Tensor,
                weight: Optional[Tensor] = None) -> Tensor:
     """g_m = (vcenter_m + Σ_{a(n)=m} w_n·v_n) / (1 + Σ_{a(n)=m} w_n).
 
-    ``weight`` None: w_n = 1, FEC's mean (spec §2 step 6); the similarities
-    s_n (R, N): Context Clusters' weighted center update (spec §7).
+    ``weight`` None: w_n = 1, FEC's mean (docs/notes/design.md §2 step 6); the similarities
+    s_n (R, N): Context Clusters' weighted center update (docs/notes/design.md §7).
 
     Returns:
         Tensor: (R, M, d).
@@ -89,14 +89,15 @@ def cluster_encode_reference(points: Tensor, values: Tensor, centers: Tensor,
                              value_centers: Tensor, alpha: Tensor,
                              beta: Tensor, return_assignment: bool = False,
                              aggregation: str = 'mean'):
-    """Clustering-based feature encoding, steps 4-7 of the mixer (spec §2).
+    """Clustering-based feature encoding, steps 4-7 of the mixer (docs/notes/design.md §2).
 
     s[m, n] = sigmoid(β + α·cos(center_m, f_n)); a(n) = argmax_m s[m, n];
     out_n = s[a(n), n] · g_{a(n)}, with g the plain mean of FEC
     (``aggregation='mean'``) or Context Clusters' similarity-weighted one
-    (``'similarity'``, spec §7; ``_aggregate``). Because sigmoid is increasing, the argmax
-    of s is the argmax of α·cos, which is what is computed (ties to the
-    lowest index, also when α = 0 makes every s equal).
+    (``'similarity'``, docs/notes/design.md §7; ``_aggregate``). Because
+    sigmoid is increasing, the argmax of s is the argmax of α·cos, which is
+    what is computed (ties to the lowest index, also when α = 0 makes every s
+    equal).
 
     Args:
         points, values (Tensor): (R, N, d).
@@ -123,7 +124,7 @@ def cluster_encode_reference(points: Tensor, values: Tensor, centers: Tensor,
 
 def cluster_pool_reference(points: Tensor, values: Tensor, centers: Tensor,
                            value_centers: Tensor, return_assignment: bool = False):
-    """Clustering-based feature pooling (spec §2, cluster pooling).
+    """Clustering-based feature pooling (docs/notes/design.md §2, cluster pooling).
 
     Points join the center of highest plain cosine similarity; each center's
     representative is (vcenter_m + Σ v_n) / (1 + count). ``points`` and

@@ -2,7 +2,7 @@
 
 Same contract as :mod:`fec_mm.ops.cpu` (``assign_forward`` ... ``pool_backward``),
 used through :mod:`fec_mm.ops.library`. Semantics are those of ``reference.py``
-(FEC_SPEC.md §2); memory is O((N + M)·d): nothing of size M×N is stored.
+(docs/notes/design.md §2); memory is O((N + M)·d): nothing of size M×N is stored.
 
 - Assignment: one program per (region, block of points) streams over blocks
   of centers; the similarity tile is a ``tl.dot`` in fp32 (IEEE, no TF32, so
@@ -134,7 +134,8 @@ def _segment_sum_kernel(X, WEIGHT, PERM, OFFSETS, BASE, OUT, DEN,
 def _dispatch_kernel(G, IDX, COS, ALPHA, BETA, OUT, N, M,
                      D: tl.constexpr, USE_SIM: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """out_n = sigmoid(β + α·cos_n)·g_{a(n)} (USE_SIM, spec §2 step 7) or g_{a(n)}."""
+    """out_n = sigmoid(β + α·cos_n)·g_{a(n)} (USE_SIM, docs/notes/design.md §2
+    step 7) or g_{a(n)}."""
     pid_n = tl.program_id(0)
     r = tl.program_id(1).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -164,7 +165,7 @@ def _point_backward_kernel(GRAD_OUT, G, GRAD_G, DEN, IDX, COS, ALPHA, BETA, GRAD
     """Per-point gradients; a point only meets its own center, so O(N·d).
 
     ENCODE (out_n = s_n·g_a, s_n = sigmoid(β + α·cos_n), g_a = (vc_a +
-    Σ w_k·v_k) / den_a with w = 1, or w = s when WEIGHTED (spec §7)):
+    Σ w_k·v_k) / den_a with w = 1, or w = s when WEIGHTED (docs/notes/design.md §7)):
         gs_n = grad_out_n · g_a (+ grad_g_a · (v_n - g_a) / den_a, WEIGHTED),
         gz_n = gs_n·s_n(1 - s_n), grad_cos_n = α·gz_n,
         grad_v_n = w_n·grad_g_a / den_a.
@@ -364,7 +365,7 @@ def assign_backward(grad_cos: Tensor, points: Tensor, centers: Tensor,
 def encode_forward(points: Tensor, values: Tensor, centers: Tensor, value_centers: Tensor,
                    alpha: Tensor, beta: Tensor, weighted: bool = False) -> Tuple[Tensor, ...]:
     """(out (R,N,d), index, cos fp32, g (R,M,d) fp32, den (R,M) fp32): den is
-    1 + count, or 1 + Σ s of the members with ``weighted`` (spec §7)."""
+    1 + count, or 1 + Σ s of the members with ``weighted`` (docs/notes/design.md §7)."""
     _check(points, values, centers, value_centers)
     points, values = points.contiguous(), values.contiguous()
     M = centers.shape[1]

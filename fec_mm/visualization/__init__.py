@@ -1,4 +1,4 @@
-"""Cluster maps of FEC models: what the network really computed (spec §5).
+"""Cluster maps of FEC models: what the network really computed (docs/notes/design.md §5).
 
 :func:`cluster_maps` traces one forward pass to pixels; ``.stats.stage_stats``
 gives the per-stage numbers, :func:`class_contributions` the exact share of

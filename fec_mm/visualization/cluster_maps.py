@@ -1,4 +1,4 @@
-"""Cluster maps of one forward pass of an FEC backbone (spec §5).
+"""Cluster maps of one forward pass of an FEC backbone (docs/notes/design.md §5).
 
 :func:`cluster_maps` pads the images to the backbone's ``size_divisor``,
 runs the backbone once under ``torch.no_grad`` inside
@@ -40,7 +40,7 @@ class PoolingBranches:
     """The two summands of one pooling's output, ``conv_skip(x) + norm(g)``.
 
     Attributes:
-        pooled (Tensor): (B, C, h, w) the representatives ``g`` (spec §2,
+        pooled (Tensor): (B, C, h, w) the representatives ``g`` (docs/notes/design.md §2,
             before the norm); token ``r·w + c`` is cluster ``r·w + c``.
         cluster (Tensor): (B, C, h, w) the clustering branch ``norm(g)``.
         skip (Tensor): (B, C, h, w) the skip convolution's output.

@@ -2,7 +2,7 @@
 assignments within its regions, traced to pixels.
 
 CoC has no cluster pooling (its stages are joined by strided convolutions),
-so there is no chain of clusters across stages as in FEC (spec §5): each
+so there is no chain of clusters across stages as in FEC (docs/notes/design.md §5): each
 block's mixer clusters the tokens of its stage-k map on its own. Token (y, x)
 of stage k covers the pixels [y·s, (y+1)·s) × [x·s, (x+1)·s) with s = 4·2^k
 (the stem's 4×4 stride-4 patches, then stride-2 3×3 convolutions with padding

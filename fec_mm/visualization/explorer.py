@@ -1,4 +1,4 @@
-"""The interactive cluster explorer: one self-contained HTML file (spec §5).
+"""The interactive cluster explorer: one self-contained HTML file (docs/notes/design.md §5).
 
 :func:`write_explorer` writes a page that shows, for any pixel pointed at,
 the cluster that took it at every pooling stage up to the final cluster,

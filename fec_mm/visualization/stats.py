@@ -1,4 +1,4 @@
-"""Numbers per pooling stage of a :class:`~.cluster_maps.ClusterMaps` (spec §5).
+"""Numbers per pooling stage of a :class:`~.cluster_maps.ClusterMaps` (docs/notes/design.md §5).
 
 For the pooling into stage k, over the real (non-padding) part of image b:
 

@@ -1,4 +1,4 @@
-"""Tracing recorded assignments down to pixels (spec §5), one gather per stage.
+"""Tracing recorded assignments down to pixels (docs/notes/design.md §5), one gather per stage.
 
 Pixel (y, x) feeds stem token (y // 4, x // 4) of the stage-1 grid (the
 4×4 stride-4 embedding); pooling k sends every stage-k token to one token of

@@ -1,7 +1,7 @@
 """FEC-Small/Base next to the backbones users would pick instead: speed,
 memory, FLOPs, and how time grows with the input side.
 
-Usage (the README's tables and plot, 26.5 min on a shared 2-core CPU):
+Usage (the tables and plot of docs/notes/measurements.md, 26.5 min on a shared 2-core CPU):
     python tools/analysis_tools/benchmark_backbones.py --threads 1 --sizes 224 512 800x1344 \
         --sweep 224 448 672 896 1120 1344 --out docs/benchmarks
 Without options: 224² and 512², sweep 224/448/896 (~10 min, estimated). ``--quick``: 224²
@@ -12,7 +12,7 @@ uses them; drop path 0): FEC-Small and FEC-Base, CoC-Tiny and CoC-Small
 (Context Clusters, centers 2 at 224² and 5 elsewhere, folds (8, 4, 2, 1);
 ``fec_mm``), ResNet-18/50,
 PoolFormer-S12/S24, Swin-T and ConvNeXt-T (mmpretrain's implementations).
-FEC runs at the authors' setting for each size (FEC_SPEC.md §3): 224² centers
+FEC runs at the authors' setting for each size (docs/notes/design.md §3): 224² centers
 (4, 4, 2, 2); 512² (10, 10, 5, 5); 800×1344 and the side sweep centers 7 with
 folds (2, 2, 1, 1). The sweep also runs FEC-Small without folds ("nofold"),
 where the cluster poolings' work grows with the square of the pixel count.
@@ -88,7 +88,7 @@ M_MMAP_THRESHOLD, M_TRIM_THRESHOLD = -3, -1  # glibc mallopt parameters
 
 
 def fec_settings(size: Tuple[int, int], sweep: bool) -> dict:
-    """The authors' FEC centers/folds for an input size (FEC_SPEC.md §3)."""
+    """The authors' FEC centers/folds for an input size (docs/notes/design.md §3)."""
     if not sweep and size == (224, 224):
         return dict(num_centers=(4, 4, 2, 2), folds=(1, 1, 1, 1))
     if not sweep and size == (512, 512):
@@ -352,7 +352,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--models', nargs='+', default=DEFAULT_MODELS, choices=list(BACKBONES))
     # The defaults take ~10 min (estimated) on the 2-core CPU this was written on;
-    # the README's run adds 800x1344 and the full sweep (26.5 min).
+    # the The run of docs/notes/measurements.md adds 800x1344 and the full sweep (26.5 min).
     parser.add_argument('--sizes', nargs='+', default=['224', '512'],
                         help='sizes of the main table: 224, 512, 800x1344 or any HxW')
     parser.add_argument('--sweep', nargs='*', type=int, default=[224, 448, 896],

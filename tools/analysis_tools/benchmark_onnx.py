@@ -13,10 +13,10 @@ after two warm-up runs (the least disturbed figure on a shared machine).
 Parity: max |ORT - PyTorch|, share of elements within 1e-4, share of
 recorded assignments equal, on the timed input (standard normal).
 
-Settings (FEC_SPEC.md §3): ``cls`` 224×224, centers (4, 4, 2, 2); ``seg``
+Settings (docs/notes/design.md §3): ``cls`` 224×224, centers (4, 4, 2, 2); ``seg``
 512×512, centers (10, 10, 5, 5).
 
-Example (the README table)::
+Example (the table in docs/notes/measurements.md)::
 
     python tools/analysis_tools/benchmark_onnx.py --settings cls seg
 """

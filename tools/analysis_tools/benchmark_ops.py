@@ -9,7 +9,7 @@ Two tables, printed side by side in one run (Markdown):
 2. **Backbone**: FEC-Small (``fec_mm.models.FEC``), batch 1, forward+backward
    (loss = Σ of the four outputs), ``ops_impl='reference'`` vs ``'auto'``.
 
-Settings (FEC_SPEC.md §3): ``cls`` 224×224, centers (4,4,2,2); ``seg``
+Settings (docs/notes/design.md §3): ``cls`` 224×224, centers (4,4,2,2); ``seg``
 512×512, centers (10,10,5,5); ``det`` 800×1344, centers 7, folds (2,2,1,1);
 ``det-nofold`` the same without folds (where the authors ran out of memory).
 
@@ -44,7 +44,7 @@ Method:
   disturbed by other processes on a shared machine. The ratios of one run,
   measured side by side, are what count.
 
-Example (the README table)::
+Example (the table in docs/notes/measurements.md)::
 
     python tools/analysis_tools/benchmark_ops.py --settings cls seg det det-nofold
 """
@@ -65,7 +65,7 @@ SETTINGS = {
     'det': dict(size=(800, 1344), num_centers=(7, 7, 7, 7), folds=(2, 2, 1, 1)),
     'det-nofold': dict(size=(800, 1344), num_centers=(7, 7, 7, 7), folds=(1, 1, 1, 1)),
 }
-# FEC-Small, FEC_SPEC.md §3 (checked against fec_mm.models.FEC.arch_settings
+# FEC-Small, docs/notes/design.md §3 (checked against fec_mm.models.FEC.arch_settings
 # in the parent process, so the two cannot drift apart silently).
 SMALL = dict(depths=(3, 4, 5, 2), widths=(32, 64, 196, 320), heads=(4, 4, 8, 8), head_dim=24)
 

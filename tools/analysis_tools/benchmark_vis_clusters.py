@@ -39,7 +39,7 @@ from fec_mm.visualization.render import save_png
 from fec_mm.visualization.stats import stage_stats
 from fec_mm.visualization.views import ViewOptions, draw_cluster_sheet, render_views
 
-# Centers and folds of the authors' tasks (FEC_SPEC.md §3), all at 512×512.
+# Centers and folds of the authors' tasks (docs/notes/design.md §3), all at 512×512.
 SETTINGS = {
     'cls': dict(num_centers=(4, 4, 2, 2), folds=(1, 1, 1, 1)),
     'seg': dict(num_centers=(10, 10, 5, 5), folds=(1, 1, 1, 1)),

@@ -8,7 +8,7 @@ CONFIG is an mmdet or mmseg config with an FEC backbone (e.g.
 configs/demo/fec_maskrcnn_demo.py); its test split is scored, SLIC's
 compactness is chosen on images of its train split. Writes a JSON (means,
 bootstrap 95 % intervals, per-image scores) and prints a markdown table.
-See README "Cluster quality" and fec_mm/analysis/cluster_quality.py.
+See docs/user_guides/analysis.md, "Cluster quality" and fec_mm/analysis/cluster_quality.py.
 """
 import argparse
 import json

@@ -3,7 +3,7 @@
 Usage:
     python tools/analysis_tools/flops_table.py [--archs small base large]
 
-Rows (FEC_SPEC.md §3 settings):
+Rows (docs/notes/design.md §3 settings):
 - cls 224²: the ImageNet classifier of configs/fec_small_in1k.py (backbone,
   its last GroupNorm, global pooling, 1000-class head), centers (4, 4, 2, 2);
 - seg 512²: the backbone, centers (10, 10, 5, 5), no folds;
@@ -26,7 +26,7 @@ from fec_mm.models import FEC
 
 ARCHS = ('small', 'base', 'large')
 CLS_CONFIG = 'configs/fec_small_in1k.py'
-# The paper's figures (FEC_SPEC.md §3): params (M, printed in units of 2^20)
+# The paper's figures (docs/notes/design.md §3): params (M, printed in units of 2^20)
 # and GFLOPs of the classifier at 224².
 PAPER = {'small': (5.5, 1.4), 'base': (14.4, 3.4), 'large': (28.3, 6.5)}
 SETTINGS = (

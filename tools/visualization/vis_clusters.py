@@ -1,4 +1,4 @@
-"""Cluster maps of an FEC model on one image (README, "Cluster maps").
+"""Cluster maps of an FEC model on one image (docs/user_guides/visualization.md).
 
     python tools/visualization/vis_clusters.py IMG CONFIG [CHECKPOINT] \
         [--arch A] [--stage S ...] [--block STAGE.BLOCK ...] [--head H ...] \

@@ -1,4 +1,4 @@
-// CPU kernels of the FEC clustering ops (FEC_SPEC.md §2, mixer steps 4-7 and
+// CPU kernels of the FEC clustering ops (docs/notes/design.md §2, mixer steps 4-7 and
 // cluster pooling; the encoding also with Context Clusters' weighted update, §7). Semantics are those of fec_mm/ops/reference.py.
 //
 // Memory: nothing of size M×N or M×N×d is allocated. The assignment streams
@@ -425,8 +425,8 @@ at::Tensor denominators(const at::Tensor& index, int64_t M, const double* weight
   return den;
 }
 
-// g_m = (vcenter_m + Σ_{a(n)=m} w_n·v_n) / den_m: FEC's mean (w = 1, spec §2
-// step 6) or Context Clusters' similarity-weighted update (w = s, spec §7).
+// g_m = (vcenter_m + Σ_{a(n)=m} w_n·v_n) / den_m: FEC's mean (w = 1, docs/notes/design.md §2
+// step 6) or Context Clusters' similarity-weighted update (w = s, docs/notes/design.md §7).
 at::Tensor aggregate(const at::Tensor& values, const at::Tensor& value_centers,
                      const at::Tensor& index, const double* weight, const at::Tensor& den) {
   at::Tensor g = at::empty_like(value_centers);
@@ -518,7 +518,7 @@ std::tuple<at::Tensor, at::Tensor> cluster_assign_backward(const at::Tensor& gra
 // Mixer steps 4-7: returns (out (R,N,d), index (R,N), cos (R,N), g (R,M,d),
 // den (R,M)); the last four are what backward needs. den_m is the center
 // update's denominator: 1 + count_m, or 1 + Σ_{a(n)=m} s_n when `weighted`
-// (Context Clusters, spec §7: g_m = (v_m + Σ s_n·v_n) / den_m).
+// (Context Clusters, docs/notes/design.md §7: g_m = (v_m + Σ s_n·v_n) / den_m).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cluster_encode_forward(
     const at::Tensor& points, const at::Tensor& values, const at::Tensor& centers,
     const at::Tensor& value_centers, const at::Tensor& alpha, const at::Tensor& beta,
