@@ -113,7 +113,8 @@ def save_coc_cluster_maps(blocks: List[BlockClusters], image: np.ndarray, out_di
         colors = palette(block.center_grid[0] * block.center_grid[1])
         panels = [(f'head {h}', overlay(image, labels[h], colors, alpha))
                   for h in (range(labels.shape[0]) if heads is None else heads)]
-        notes = [f'{block.name}: stage {block.stage} (stride {4 * 2**block.stage}), '
+        # Two short lines: a sheet of one head is one panel wide.
+        notes = [f'{block.name}: stage {block.stage} (stride {4 * 2**block.stage})',
                  f'{block.fold}x{block.fold} regions, '
                  f'{block.center_grid[0] // block.fold}x'
                  f'{block.center_grid[1] // block.fold} centers each']
