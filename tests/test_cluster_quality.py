@@ -18,6 +18,7 @@ from skimage.transform import resize
 
 from fec_mm.analysis.cluster_quality import choose_compactness, score_image
 from fec_mm.analysis.partitions import (
+    CoCPartitioner,
     FECPartitioner,
     backbone_from_config,
     grid_partition,
@@ -27,10 +28,11 @@ from fec_mm.analysis.partitions import (
 from fec_mm.analysis.segment_data import build_datasets, sample_to_arrays
 from fec_mm.analysis.segment_metrics import segment_scores
 from fec_mm.datasets import make_demo_data
-from fec_mm.models import FEC
+from fec_mm.models import FEC, ContextCluster
 
 DET_CONFIG = REPO / 'configs' / 'demo' / 'fec_maskrcnn_demo.py'
 SEG_CONFIG = REPO / 'configs' / 'demo' / 'fec_semfpn_demo.py'
+COC_CONFIG = REPO / 'configs' / 'demo' / 'coc_maskrcnn_demo.py'
 TINY = dict(depths=(1, 1, 1, 1), widths=(16, 24, 32, 40), heads=(2, 2, 2, 2), head_dim=8)
 
 
@@ -279,3 +281,79 @@ def test_checkpoint_backbone_loads_exactly(tmp_path):
     torch.save({'state_dict': sd}, partial)
     with pytest.raises(ValueError, match='lacks 4 weights'):
         backbone_from_config(cfg, str(partial))
+
+
+@pytest.mark.parametrize('stage', [None, 1])
+def test_coc_partition_is_head0_of_a_stages_last_block(stage):
+    """The label of every pixel is head 0's center in the stage's last block
+    (its token's, tokens of stride 4·2^k); a center's feature is the mean of
+    its members' tokens at that block's output, recomputed here."""
+    torch.manual_seed(0)
+    backbone = ContextCluster(TINY, num_centers=(2, 2, 2, 2), folds=(2, 2, 1, 1))
+    part = CoCPartitioner(backbone, (120., 120., 120.), (60., 60., 60.), stage)
+    k = 3 if stage is None else stage
+    s = 4 * 2**k
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (70, 100, 3), dtype=np.uint8)
+    assert backbone.size_divisor == 16  # padded to 80 x 112
+    labels, feats = part(image)
+    fold = backbone.folds[k]
+    assert labels.shape == (70, 100) and feats.shape == ((2 * fold) ** 2, TINY['widths'][k])
+    tokens = labels[::s, ::s]
+    ys, xs = np.arange(70) // s, np.arange(100) // s
+    assert np.array_equal(labels, tokens[ys[:, None], xs[None, :]])
+    x = (torch.from_numpy(image).permute(2, 0, 1).float() - 120.) / 60.
+    x = torch.nn.functional.pad(x[None], (0, 12, 0, 10))
+    with torch.no_grad():  # the block's output, by running the stages by hand
+        y = backbone.patch_embed(x)
+        for i in range(k + 1):
+            y = backbone.stages[i](backbone.downsamples[i - 1](y) if i else y)
+    th, tw = tokens.shape
+    out = y[0, :, :th, :tw].flatten(1).T
+    flat = torch.from_numpy(tokens.reshape(-1))
+    for c in np.unique(tokens):
+        torch.testing.assert_close(feats[c], out[flat == c].mean(0))
+    # Regions: a pixel's center lies in its own region of the center grid.
+    side = 2 * fold
+    region_rows = (np.arange(80) // (80 // fold))[:70]
+    assert np.array_equal(labels // side // 2, np.broadcast_to(region_rows[:, None], (70, 100)))
+    with pytest.raises(ValueError, match='no CoC stage 4: the backbone runs stages 0..3'):
+        CoCPartitioner(backbone, (0, 0, 0), (1, 1, 1), 4)
+
+
+def test_tool_on_a_coc_config_with_a_checkpoint(demo_root, tmp_path, capsys):
+    """CoC rows ('coc' trained, 'coc_random'), the stage named in the JSON;
+    an FEC checkpoint for the CoC config is refused naming both and the file."""
+    tool = _tool()
+    cfg = Config.fromfile(str(COC_CONFIG))
+    ckpt = tmp_path / 'coc.pth'
+    torch.save({'state_dict': {'backbone.' + k: v for k, v in
+                               backbone_from_config(cfg, None, seed=5).state_dict().items()}},
+               ckpt)
+    out = tmp_path / 'cq.json'
+    opts = _paths(demo_root, 'coco')
+    tool.main([str(COC_CONFIG), '--checkpoint', str(ckpt), '--ks', '2', '--seeds', '0',
+               '--num-images', '2', '--num-heldout', '1', '--compactness', '10',
+               '--bootstrap', '20', '--coc-stage', '2', '--out', str(out), '--cfg-options',
+               *opts])
+    result = json.loads(out.read_text())
+    assert result['backbone'] == 'ContextCluster' and result['reference'] == 'coc'
+    assert result['partition'].startswith('stage 2, last block, head 0')
+    assert set(result['results']['2']) == {'coc', 'coc_random', 'grid', 'slic'}
+    assert set(result['differences']['2']) == {'coc_random', 'grid', 'slic'}
+    # Stage 2 of the demo's CoC-Tiny: 2x2 regions of 2x2 centers, at most 16 clusters.
+    for img in result['per_image']:
+        assert 1 <= img['raw']['coc']['num_segments'] <= 16
+        assert img['2']['coc']['num_segments'] <= 2
+    assert 'CoC (trained)' in capsys.readouterr().out
+    fec = tmp_path / 'fec.pth'
+    torch.save({'state_dict': {'backbone.' + k: v for k, v in
+                               FEC(arch='small').state_dict().items()}}, fec)
+    with pytest.raises(SystemExit, match=f'ContextCluster cannot take the checkpoint {fec}: '
+                       'it holds FEC weights'):
+        tool.main([str(COC_CONFIG), '--checkpoint', str(fec), '--out', str(tmp_path / 'x.json'),
+                   '--cfg-options', *opts])
+    with pytest.raises(SystemExit, match='coc_stage is for ContextCluster backbones only'):
+        tool.main([str(DET_CONFIG), '--coc-stage', '1', '--out', str(tmp_path / 'x.json'),
+                   '--cfg-options', *opts])
+    assert not (tmp_path / 'x.json').exists()

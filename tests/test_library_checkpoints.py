@@ -358,3 +358,58 @@ as_json(loaded=loaded, get_model_loaded=same_weights(model, checkpoint), scores=
     assert out['scores'][0] == out['scores'][1] == out['scores'][2]
     assert 'authors_det.pth is not a whole ImageClassifier' in out['other']
     assert 'no weights for head (' in out['other']
+
+
+def test_context_cluster_checkpoints_in_mmdet_and_mmseg_apis(demo_root, photo, tmp_path):
+    """CoC Mask R-CNN and Semantic FPN demo checkpoints from tools/train.py
+    load and predict through mmdet's and mmseg's APIs (one fresh process for
+    both); an FEC checkpoint given to the CoC config is refused naming both
+    backbones and the file."""
+    (tmp_path / 'det').mkdir()
+    (tmp_path / 'seg').mkdir()
+    det_config, det_ckpt = trained('coc_maskrcnn_demo.py', demo_root, tmp_path / 'det')
+    seg_config, seg_ckpt = trained('coc_semfpn_demo.py', demo_root, tmp_path / 'seg')
+    # Whole models whose backbone is FEC-Small (CoC-Tiny's widths: the neck
+    # and heads fit), so only the family check can refuse them.
+    from fec_mm.models import FEC
+    fec_backbone = {f'backbone.{k}': v for k, v in FEC('small').state_dict().items()}
+
+    def with_fec_backbone(checkpoint: Path, name: str) -> Path:
+        saved = torch.load(checkpoint, weights_only=False)
+        saved['state_dict'] = {k: v for k, v in saved['state_dict'].items()
+                               if not k.startswith('backbone.')} | fec_backbone
+        torch.save(saved, tmp_path / name)
+        return tmp_path / name
+    out = run_fresh(SAME_WEIGHTS + '''
+from mmdet.apis import DetInferencer, inference_detector, init_detector
+from mmseg.apis import MMSegInferencer, inference_model, init_model
+inferencer = DetInferencer(model=det_config, weights=det_ckpt, device='cpu')
+pred = inferencer(photo, return_vis=False)['predictions'][0]
+detector = init_detector(det_config, det_ckpt, device='cpu')
+boxes = inference_detector(detector, photo).pred_instances.bboxes
+segmentor = init_model(seg_config, seg_ckpt, device='cpu')
+seg = inference_model(segmentor, photo).pred_sem_seg.data
+seg_inferencer = MMSegInferencer(model=seg_config, weights=seg_ckpt, device='cpu')
+seg_pred = seg_inferencer(photo, return_datasamples=True).pred_sem_seg.data
+print_json = dict(
+    backbones=[type(m.backbone).__name__ for m in (inferencer.model, detector, segmentor,
+                                                    seg_inferencer.model)],
+    loaded=[same_weights(inferencer.model, det_ckpt), same_weights(detector, det_ckpt),
+            same_weights(segmentor, seg_ckpt), same_weights(seg_inferencer.model, seg_ckpt)],
+    scores=pred['scores'],
+    same_boxes=torch.allclose(torch.tensor(pred['bboxes']).reshape(-1, 4), boxes, atol=1e-3),
+    seg_shape=list(seg.shape), same_seg=bool((seg == seg_pred).all()),
+    fec_to_det=error_of(lambda: init_detector(det_config, fec_det, device='cpu')),
+    fec_to_seg=error_of(lambda: init_model(seg_config, fec_seg, device='cpu')))
+import json; print(json.dumps(print_json))
+''', det_config=det_config, det_ckpt=det_ckpt, seg_config=seg_config, seg_ckpt=seg_ckpt,
+                   photo=photo, fec_det=with_fec_backbone(det_ckpt, 'fec_small_det.pth'),
+                   fec_seg=with_fec_backbone(seg_ckpt, 'fec_small_seg.pth'))
+    assert out['backbones'] == ['ContextCluster'] * 4
+    assert out['loaded'] == [True] * 4
+    assert out['same_boxes'] and all(0 <= s <= 1 for s in out['scores'])
+    assert out['seg_shape'] == [1, 157, 203] and out['same_seg']
+    for error, name in ((out['fec_to_det'], 'fec_small_det.pth'),
+                        (out['fec_to_seg'], 'fec_small_seg.pth')):
+        assert 'ContextCluster cannot take the checkpoint' in error, error
+        assert 'it holds FEC weights' in error and name in error, error

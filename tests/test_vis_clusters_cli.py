@@ -172,3 +172,60 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
     assert result.stderr.strip().endswith(f'vis_clusters: error: image not found: '
                                           f'{tmp_path / "none.jpg"}')
     assert not (tmp_path / 'o').exists()
+
+
+def test_context_cluster_blocks_traced_to_the_odd_photograph(photo, tmp_path):
+    """--arch coc-tiny: one sheet per encoding block asked for; the JSON's
+    per-head cluster counts are those of the backbone run on the normalised
+    photograph zero-padded to its size divisor, cropped back to the photo."""
+    import torch.nn.functional as F
+
+    from fec_mm.models import ContextCluster
+    from fec_mm.visualization.cli import IMAGENET_MEAN, IMAGENET_STD
+    from fec_mm.visualization.coc_cluster_maps import coc_cluster_maps
+    out = tmp_path / 'out'
+    written = run([str(photo), '--arch', 'coc-tiny', '--stage', '2', '3', '--block', '3.1',
+                   '--head', '0', '3', '--cfg-options', 'model.backbone.num_centers=2',
+                   '--out-dir', str(out), '--json'])
+    assert sorted(Path(p).name for p in written) == ['chelsea_odd_clusters.json',
+                                                     'chelsea_odd_stage3_block1.png']
+    assert len(_pngs(out)) == 1
+    report = json.loads((out / 'chelsea_odd_clusters.json').read_text())
+    assert report['backbone'] == 'ContextCluster' and report['arch'] == 'tiny'
+    assert report['image_size'] == [291, 433] and report['padded_size'] == [320, 448]
+    torch.manual_seed(0)  # the CLI's --seed: the same random weights
+    model = ContextCluster('tiny', num_centers=2).eval()
+    rgb = torch.from_numpy(data.chelsea()[:291, :433].copy()).permute(2, 0, 1).float()
+    x = (rgb - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+        3, 1, 1)
+    blocks = coc_cluster_maps(model, F.pad(x, (0, 448 - 433, 0, 320 - 291))[None])
+    assert [(b['stage'], b['block'], b['fold']) for b in report['blocks']] == [
+        (k, j, (8, 4, 2, 1)[k]) for k, d in enumerate((3, 4, 5, 2)) for j in range(d)]
+    for got, want in zip(report['blocks'], blocks):
+        assert got['center_grid'] == list(want.center_grid)
+        assert [h['clusters'] for h in got['heads']] == [
+            int(p.unique().numel()) for p in want.pixels[0, :, :291, :433]]
+    # Stage 0's 8x8 regions of 2x2 centers: the crop loses the bottom/right ones.
+    assert max(h['clusters'] for h in report['blocks'][0]['heads']) <= 16 * 16
+
+
+def test_context_cluster_bad_input_is_named(photo, tmp_path):
+    coc = ROOT / 'configs' / 'demo' / 'coc_semfpn_demo.py'
+    fec = tmp_path / 'fec_small.pth'
+    torch.save(dict(state_dict={f'backbone.{k}': v for k, v in
+                                FEC(arch='small').state_dict().items()}), fec)
+    _bad([photo, coc, fec], f'ContextCluster cannot take the checkpoint {fec}: it holds FEC '
+         'weights', tmp_path)
+    _bad([photo, '--arch', 'coc-tiny', '--html', tmp_path / 'x.html'],
+         r'--html is for FEC backbones only: for a ContextCluster .* \(options --stage, '
+         '--block, --head', tmp_path)
+    _bad([photo, '--arch', 'coc-tiny', '--groups', '3'], '--groups is for FEC backbones only',
+         tmp_path)
+    _bad([photo, coc, '--stage', '4'], 'no stage 4: the ContextCluster stages are 0..3',
+         tmp_path)
+    _bad([photo, coc, '--block', '3.2'], 'no block 3.2: stage 3 has blocks 0..1', tmp_path)
+    _bad([photo, coc, '--block', '0.0', '--head', '4'], 'no head 4 in block 0.0: .*0..3',
+         tmp_path)
+    _bad([photo, coc, '--arch', 'small'], '--arch small is a FEC arch, but .*coc_semfpn_demo.py '
+         'has a ContextCluster backbone', tmp_path)
+    _bad([photo, '--arch', 'coc-huge'], "ContextCluster: unknown arch 'huge'", tmp_path)

@@ -10,6 +10,13 @@ architecture at random initialisation, a regular grid and scikit-image's
 SLIC. :func:`evaluate_partitions` scores them all with
 :mod:`fec_mm.analysis.segment_metrics`.
 
+Context Clusters models (``type='ContextCluster'`` backbones) have no
+cluster pooling, so no final partition: theirs is head 0's assignment in the
+last block of one stage (default the last; ``coc_stage``), traced to pixels
+(:class:`.partitions.CoCPartitioner`), merged by the mean block-output
+feature of each center's members. Their rows are named ``coc`` and
+``coc_random`` instead of ``fec`` and ``fec_random``.
+
 Partitions live in :mod:`.partitions`, images and ground truth in
 :mod:`.segment_data`. The ground truth is at the annotations' original size
 (exact masks); every partition is made on the image the model sees (the
@@ -25,6 +32,7 @@ from mmengine.logging import MMLogger
 
 from ..visualization.merge import merge_clusters
 from .partitions import (
+    CoCPartitioner,
     FECPartitioner,
     backbone_from_config,
     grid_partition,
@@ -170,11 +178,13 @@ def evaluate_partitions(cfg: Config, checkpoint: Optional[str] = None,
                         num_images: Optional[int] = None, num_heldout: int = 8,
                         compactness: Sequence[float] = DEFAULT_COMPACTNESS,
                         merge_method: str = 'kmeans', bootstrap: int = 1000,
-                        seed: int = 0) -> dict:
-    """Score FEC's partitions and the baselines on a config's test images.
+                        seed: int = 0, coc_stage: Optional[int] = None) -> dict:
+    """Score FEC's (or a Context Clusters model's) partitions and the
+    baselines on a config's test images.
 
     Args:
-        cfg (Config): An mmdet or mmseg config with an FEC backbone.
+        cfg (Config): An mmdet or mmseg config with an FEC or ContextCluster
+            backbone.
         checkpoint (str, optional): Trained weights ('fec' rows); without,
             only the random initialisations are scored.
         ks: Target numbers of segments (ints >= 1).
@@ -184,6 +194,8 @@ def evaluate_partitions(cfg: Config, checkpoint: Optional[str] = None,
         compactness: SLIC compactness candidates.
         merge_method: :func:`merge_clusters` method.
         bootstrap: Bootstrap resamples; ``seed`` seeds them.
+        coc_stage: ContextCluster only: the stage whose last block's head-0
+            assignment is the partition (default the last stage).
 
     Returns:
         dict: settings, ``results`` (see :func:`summarise`; random init as
@@ -199,11 +211,21 @@ def evaluate_partitions(cfg: Config, checkpoint: Optional[str] = None,
     mean = prep.get('mean', (123.675, 116.28, 103.53))
     std = prep.get('std', (58.395, 57.12, 57.375))
     bgr = bool(prep.get('bgr_to_rgb', prep.get('to_rgb', True)))
+    coc = cfg.model.get('backbone', {}).get('type') == 'ContextCluster'
+    if coc_stage is not None and not coc:
+        raise ValueError('cluster quality: coc_stage is for ContextCluster backbones only')
+    name = 'coc' if coc else 'fec'
+
+    def partitioner(backbone):
+        if coc:
+            return CoCPartitioner(backbone, mean, std, coc_stage)
+        return FECPartitioner(backbone, mean, std)
+
     fec: Dict[str, FECPartitioner] = {}
     if checkpoint is not None:
-        fec['fec'] = FECPartitioner(backbone_from_config(cfg, checkpoint), mean, std)
+        fec[name] = partitioner(backbone_from_config(cfg, checkpoint))
     for s in seeds:
-        fec[f'fec_random_seed{s}'] = FECPartitioner(backbone_from_config(cfg, None, s), mean, std)
+        fec[f'{name}_random_seed{s}'] = partitioner(backbone_from_config(cfg, None, s))
     test_set, heldout_set = build_datasets(cfg)
     samples = read_samples(test_set, num_images, bgr)
     if not samples:
@@ -214,13 +236,13 @@ def evaluate_partitions(cfg: Config, checkpoint: Optional[str] = None,
     per_image = []
     for i, (image, gt) in enumerate(samples):
         per_image.append(score_image(image, gt, fec, ks, chosen, merge_method,
-                                     reference='fec' if checkpoint else None))
+                                     reference=name if checkpoint else None))
         if (i + 1) % 10 == 0:
             logger.info(f'cluster quality: {i + 1}/{len(samples)} images')
     groups: Dict[str, List[str]] = {}
     if checkpoint is not None:
-        groups['fec'] = ['fec']
-    groups['fec_random'] = [f'fec_random_seed{s}' for s in seeds]
+        groups[name] = [name]
+    groups[f'{name}_random'] = [f'{name}_random_seed{s}' for s in seeds]
     groups['grid'] = ['grid']
     groups['slic'] = ['slic']
     return dict(
@@ -228,16 +250,22 @@ def evaluate_partitions(cfg: Config, checkpoint: Optional[str] = None,
         num_images=len(samples),
         image_sizes=sorted({tuple(int(v) for v in im.shape[:2]) for im, _ in samples}),
         gt_sizes=sorted({tuple(int(v) for v in gt.shape) for _, gt in samples}),
-        merge=dict(method=merge_method, feature='final-stage token features (output of '
-                   'the last stage, before the output norm)'),
+        backbone='ContextCluster' if coc else 'FEC',
+        partition=(f'stage {next(iter(fec.values())).stage}, last block, head 0: '
+                   'assignments traced to pixels' if coc
+                   else 'final-stage clusters traced to pixels'),
+        merge=dict(method=merge_method, feature=(
+            'mean block-output feature of each center\'s members' if coc else
+            'final-stage token features (output of the last stage, before the output norm)')),
         slic=dict(compactness=chosen, candidates=list(compactness), criterion=criterion,
                   heldout_images=len(heldout)),
         bootstrap=dict(samples=bootstrap, seed=seed, level=0.95),
         metrics=list(METRIC_NAMES),
         results=summarise(per_image, groups, bootstrap, seed),
         # Each random-init seed on its own: the spread between initialisations.
-        results_per_seed=summarise(per_image, {f'fec_random_seed{s}': [f'fec_random_seed{s}']
-                                               for s in seeds}, bootstrap, seed),
+        results_per_seed=summarise(per_image, {f'{name}_random_seed{s}':
+                                               [f'{name}_random_seed{s}'] for s in seeds},
+                                   bootstrap, seed),
         reference=next(iter(groups)),
         differences=paired_differences(per_image, groups, next(iter(groups)), bootstrap, seed),
         per_image=per_image)
@@ -252,6 +280,7 @@ def check_ks(ks: Sequence[int]) -> Tuple[int, ...]:
 
 
 METHOD_NAMES = {'fec': 'FEC (trained)', 'fec_random': 'FEC (random init, mean of seeds)',
+                'coc': 'CoC (trained)', 'coc_random': 'CoC (random init, mean of seeds)',
                 'grid': 'grid', 'slic': 'SLIC'}
 METRIC_TITLES = {'asa': 'ASA ↑', 'ue': 'UE ↓', 'br_2px': 'BR@2px ↑',
                  'br_diag': 'BR@0.25%diag ↑', 'bp_2px': 'BP@2px ↑', 'mbo': 'MBO ↑'}

@@ -1,6 +1,7 @@
 """Partitions of an image into segments: FEC's final clusters traced to
-pixels, and the baselines they are compared with (a regular grid, SLIC at a
-matched count). See :mod:`fec_mm.analysis.cluster_quality`."""
+pixels, a Context Clusters block's assignments traced to pixels, and the
+baselines they are compared with (a regular grid, SLIC at a matched count).
+See :mod:`fec_mm.analysis.cluster_quality`."""
 import copy
 import math
 from typing import Optional, Sequence, Tuple
@@ -16,6 +17,7 @@ from ..models.checkpoint import (
     convert_whole_model,
     read_state_dict,
 )
+from ..models.coc_checkpoint import check_family
 from ..visualization.cluster_maps import cluster_maps
 
 
@@ -129,22 +131,92 @@ class FECPartitioner:
         return maps.final_map[0].numpy().astype(np.int64), feats
 
 
+class CoCPartitioner:
+    """One Context Clusters block's assignments, traced to pixels.
+
+    CoC has no cluster pooling, so there is no final partition as FEC's: the
+    partition is head 0's assignment in the last block of one stage (default
+    the last stage), each pixel labelled with the center of the token that
+    covers it (:func:`fec_mm.visualization.coc_cluster_maps.coc_cluster_maps`;
+    ids global on the block's center grid, so clusters of different regions
+    never share an id). A cluster's feature, for merging, is the mean of its
+    members' tokens at the block's output.
+
+    Args:
+        backbone (nn.Module): A ContextCluster backbone.
+        mean, std (Sequence[float]): Per-channel normalisation of RGB pixels.
+        stage (int, optional): Stage whose last block is read (default last).
+    """
+
+    def __init__(self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float],
+                 stage: Optional[int] = None) -> None:
+        n = backbone.num_stages
+        self.stage = n - 1 if stage is None else stage
+        if isinstance(self.stage, bool) or not 0 <= self.stage < n:
+            raise ValueError(f'cluster quality: no CoC stage {stage}: the backbone runs '
+                             f'stages 0..{n - 1}')
+        self.backbone = backbone.eval()
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self._out: Optional[torch.Tensor] = None
+
+    def _keep(self, module, args, out) -> None:
+        self._out = out.detach()
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> Tuple[np.ndarray, torch.Tensor]:
+        """Partition one (H, W, 3) uint8 RGB image.
+
+        Returns:
+            tuple: (H, W) int64 center id of every pixel (head 0) and the
+            (num_centers, C) mean output feature of each center's members
+            (zeros for a center without members).
+        """
+        import torch.nn.functional as F
+
+        from ..visualization.coc_cluster_maps import coc_cluster_maps
+        h, w = image.shape[:2]
+        x = (torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+             - self.mean) / self.std
+        d = self.backbone.size_divisor  # zeros after normalisation, bottom/right
+        x = F.pad(x, (0, -w % d, 0, -h % d))[None]
+        block = self.backbone.stages[self.stage][-1]
+        handle = block.register_forward_hook(self._keep)
+        try:
+            blocks = coc_cluster_maps(self.backbone, x)
+        finally:
+            handle.remove()
+        last = [b for b in blocks if b.stage == self.stage][-1]
+        s = 4 * 2**self.stage
+        th, tw = -(-h // s), -(-w // s)  # the tokens covering the image
+        index = last.pixels[0, 0, ::s, ::s][:th, :tw].reshape(-1)
+        tokens = self._out[0, :, :th, :tw].flatten(1).T
+        num = last.center_grid[0] * last.center_grid[1]
+        feats = torch.zeros(num, tokens.shape[1]).index_add_(0, index, tokens)
+        counts = torch.bincount(index, minlength=num).clamp(min=1)
+        labels = last.pixels[0, 0, :h, :w].numpy().astype(np.int64)
+        return labels, feats / counts[:, None]
+
+
 def backbone_from_config(cfg: Config, checkpoint: Optional[str] = None,
                          seed: int = 0) -> nn.Module:
-    """The config's FEC backbone, with the checkpoint's backbone weights or,
-    without one, randomly initialised from ``seed`` (the default init).
+    """The config's FEC or ContextCluster backbone, with the checkpoint's
+    backbone weights or, without one, randomly initialised from ``seed``
+    (the default init).
 
     Raises:
-        ValueError: The config's backbone is not FEC, or the checkpoint holds
-            no backbone weights, weights of another arch, or misses some.
+        ValueError: The config's backbone is neither, or the checkpoint holds
+            no backbone weights, weights of another arch or of the other
+            family, or misses some.
     """
     from mmengine.registry import MODELS
 
     import fec_mm.models  # noqa: F401  (registers FEC)
     bcfg = copy.deepcopy(cfg.model.get('backbone'))
-    if bcfg is None or bcfg.get('type') != 'FEC':
+    if bcfg is None or bcfg.get('type') not in ('FEC', 'ContextCluster'):
         raise ValueError('cluster quality: the config\'s model.backbone must be '
-                         f"type='FEC', got {None if bcfg is None else bcfg.get('type')!r}")
+                         "type='FEC' or 'ContextCluster', got "
+                         f"{None if bcfg is None else bcfg.get('type')!r}")
     bcfg['init_cfg'] = None
     torch.manual_seed(seed)
     backbone = MODELS.build(bcfg)
@@ -152,6 +224,16 @@ def backbone_from_config(cfg: Config, checkpoint: Optional[str] = None,
         return backbone.eval()
     state_dict, _ = convert_whole_model(read_state_dict(checkpoint))  # the authors' files too
     prefix = 'backbone.' if any(k.startswith('backbone.') for k in state_dict) else ''
+    if bcfg['type'] == 'ContextCluster':
+        weights = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        check_family('ContextCluster', weights, checkpoint)
+        # Converts the authors' layout and refuses other shapes (another arch).
+        missing = backbone.load_state_dict(weights, strict=False).missing_keys
+        if missing:
+            raise ValueError(f'cluster quality: checkpoint {checkpoint} lacks {len(missing)} '
+                             'weights of the config\'s ContextCluster backbone, e.g. '
+                             f'{missing[:3]}: a checkpoint of another model or arch?')
+        return backbone.eval()
     check_weights_fit(backbone, state_dict, prefix)
     weights = backbone_state_dict(state_dict, prefix or None)
     missing = [k for k in backbone.state_dict() if k not in weights]

@@ -19,6 +19,8 @@ from typing import Dict, List, Optional, Tuple
 
 from torch import Tensor
 
+from ..checkpoints.safe_load import last_read_file
+
 StateDict = Dict[str, Tensor]
 
 # Keys that only one family has, in the authors' layout and in ours.
@@ -52,7 +54,9 @@ def check_family(model_type: str, keys, source: str = '') -> None:
     Args:
         model_type (str): 'FEC' or 'ContextCluster', the model loading them.
         keys (Iterable[str]): Backbone keys, prefix removed.
-        source (str): The file they come from, for the message.
+        source (str): The file they come from, for the message; default: the
+            checkpoint file read last in this thread, if any (what mmengine's
+            and the libraries' loaders read through fec-mm's safe loader).
 
     Raises:
         ValueError: Naming both backbones and the config to use instead.
@@ -60,7 +64,11 @@ def check_family(model_type: str, keys, source: str = '') -> None:
     family = checkpoint_family(keys)
     if family is None or family == model_type:
         return
-    where = f' {source}' if source else ''
+    if source:
+        where = f' {source}'
+    else:
+        last = last_read_file()
+        where = f' (last checkpoint file read: {last})' if last else ''
     raise ValueError(
         f'{model_type} cannot take the checkpoint{where}: it holds {family} weights '
         f"({'3x3 conv downsampling layers' if family == 'ContextCluster' else 'cluster poolings'}"

@@ -1,5 +1,12 @@
 """``tools/visualization/vis_clusters.py``: cluster maps of one image.
 
+FEC backbones: every pooling stage traced to pixels, mixer heads, merged
+groups, class contributions, or the interactive explorer (``--html``).
+ContextCluster backbones (``--arch coc-<preset>`` or a config with
+``type='ContextCluster'``): each encoding block's per-head assignments within
+its regions, traced to pixels (:mod:`.coc_cluster_maps`), one PNG sheet per
+block.
+
 In the manner of mmpretrain's ``tools/visualization/vis_cam.py``: the
 config's test pipeline without ``LoadAnnotations`` prepares the image, the
 model's data preprocessor normalises (and pads) it, then only the backbone
@@ -29,12 +36,21 @@ import torch.nn as nn
 from mmengine.config import Config, DictAction
 
 from ..models.checkpoint import convert_whole_model, load_fec_checkpoint, read_state_dict
+from ..models.coc_checkpoint import check_family
+from ..models.context_cluster import ContextCluster
 from ..models.fec import FEC
 from ..outputs import check_output_dir
 from .cluster_maps import MERGE_FEATURES, cluster_maps
 from .contributions import linear_classifier_head
 from .merge import MERGE_METHODS
 from .views import ViewOptions, check_options
+
+# Backbone types vis_clusters draws, and the --arch prefix of CoC presets.
+BACKBONES = ('FEC', 'ContextCluster')
+COC_PREFIX = 'coc-'
+# FEC-only options and their defaults: given for a ContextCluster, an error.
+FEC_ONLY = dict(groups=None, merge_feature='final', merge_method='kmeans', target_class=None,
+                html=None)
 
 # ImageNet's RGB mean and std (mmpretrain's data preprocessors), for --arch.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -45,15 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     """The arguments of ``tools/visualization/vis_clusters.py``."""
     parser = argparse.ArgumentParser(
         description='Cluster maps of an FEC model on one image: every pooling stage traced '
-                    'to pixels, per-head maps, merged groups, class contributions')
+                    'to pixels, per-head maps, merged groups, class contributions; of a '
+                    'Context Clusters model: every encoding block\'s per-head assignments')
     parser.add_argument('img', help='image file')
     parser.add_argument('config', nargs='?', help='config file (or, with --arch, the checkpoint)')
     parser.add_argument('checkpoint', nargs='?', help='checkpoint file (default: random weights)')
-    parser.add_argument('--arch', help="FEC arch ('small', 'base', 'large'): without a config, "
-                        'FEC(arch) on the image normalised with ImageNet mean/std; with a '
-                        'config, replaces model.backbone.arch')
-    parser.add_argument('--stage', type=int, nargs='+', help='pooling stages to draw '
-                        '(1 .. last; default all)')
+    parser.add_argument('--arch', help="FEC arch ('small', 'base', 'large') or ContextCluster "
+                        "preset ('coc-tiny', 'coc-tiny_plain', 'coc-small', 'coc-medium'): "
+                        'without a config, the backbone on the image normalised with ImageNet '
+                        'mean/std; with a config (of the same family), replaces '
+                        'model.backbone.arch')
+    parser.add_argument('--stage', type=int, nargs='+', help='FEC: pooling stages to draw '
+                        '(1 .. last); ContextCluster: stages whose blocks are drawn (0 .. last); '
+                        'default all')
     parser.add_argument('--block', nargs='+', default=[], metavar='STAGE.BLOCK',
                         help='blocks whose mixer heads are drawn, e.g. 2.0 3.1')
     parser.add_argument('--head', type=int, nargs='+', help='heads of those blocks (default all)')
@@ -111,23 +131,39 @@ def read_image(path: str) -> np.ndarray:
     return image
 
 
-def _fec_backbone(model: nn.Module, where: str) -> FEC:
+def _backbone(model: nn.Module, where: str) -> nn.Module:
     backbone = getattr(model, 'backbone', model)
-    if not isinstance(backbone, FEC):
-        raise ValueError(f'{where}: the backbone is {type(backbone).__name__}, not FEC; '
-                         'vis_clusters draws the cluster maps of FEC backbones only')
+    if not isinstance(backbone, (FEC, ContextCluster)):
+        raise ValueError(f'{where}: the backbone is {type(backbone).__name__}, not '
+                         f'{" or ".join(BACKBONES)}; vis_clusters draws the cluster maps of '
+                         'those backbones only')
     return backbone
 
 
-def load_weights(model: nn.Module, backbone: FEC, checkpoint: str) -> None:
+def split_arch(arch: str) -> Tuple[str, str]:
+    """``'coc-small'`` -> ('ContextCluster', 'small'); ``'small'`` -> ('FEC', 'small')."""
+    if arch.startswith(COC_PREFIX):
+        return 'ContextCluster', arch[len(COC_PREFIX):]
+    return 'FEC', arch
+
+
+def load_weights(model: nn.Module, backbone: nn.Module, checkpoint: str) -> None:
     """Whole-model checkpoints (``backbone.*`` keys) into ``model``, others
     (backbone only, the authors' layout) into the backbone. Weights of
-    another arch fail in :func:`fec_mm.models.checkpoint.check_weights_fit`."""
+    another arch or of the other family are refused by the backbone's
+    loaders (:func:`fec_mm.models.checkpoint.check_weights_fit`,
+    :meth:`ContextCluster._load_from_state_dict`)."""
     if '://' not in checkpoint and not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
     state_dict, _ = convert_whole_model(read_state_dict(checkpoint))  # the authors' files too
-    if model is not backbone and any(k.startswith('backbone.') for k in state_dict):
+    whole = model is not backbone and any(k.startswith('backbone.') for k in state_dict)
+    if isinstance(backbone, ContextCluster):  # the other family, refused naming the file
+        check_family('ContextCluster', [k[len('backbone.'):] if whole else k for k in state_dict
+                                        if k.startswith('backbone.') or not whole], checkpoint)
+    if whole:
         model.load_state_dict(state_dict, strict=False)
+    elif isinstance(backbone, ContextCluster):
+        backbone.load_checkpoint(checkpoint)
     else:
         load_fec_checkpoint(backbone, checkpoint)
 
@@ -139,7 +175,7 @@ def _without_annotations(pipeline: Sequence[dict]) -> List[dict]:
 class Prepared:
     """A model and one image, ready for :func:`cluster_maps`."""
 
-    def __init__(self, model: nn.Module, backbone: FEC, inputs: torch.Tensor,
+    def __init__(self, model: nn.Module, backbone: nn.Module, inputs: torch.Tensor,
                  image_size: Tuple[int, int], display: np.ndarray,
                  class_names: Optional[Sequence[str]] = None) -> None:
         self.model = model
@@ -160,12 +196,18 @@ def prepare_from_config(args: argparse.Namespace) -> Prepared:
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     backbone_cfg = cfg.get('model', {}).get('backbone')
-    if backbone_cfg is None or backbone_cfg.get('type') != 'FEC':
+    if backbone_cfg is None or backbone_cfg.get('type') not in BACKBONES:
         kind = backbone_cfg.get('type') if backbone_cfg else 'missing'
-        raise ValueError(f'{args.config}: model.backbone is {kind}, not FEC; vis_clusters '
-                         'draws the cluster maps of FEC backbones only')
+        raise ValueError(f'{args.config}: model.backbone is {kind}, not '
+                         f'{" or ".join(BACKBONES)}; vis_clusters draws the cluster maps of '
+                         'those backbones only')
     if args.arch:
-        cfg.model.backbone.arch = args.arch
+        family, arch = split_arch(args.arch)
+        if family != backbone_cfg.get('type'):
+            raise ValueError(f'--arch {args.arch} is a {family} arch, but {args.config} has a '
+                             f"{backbone_cfg.get('type')} backbone (ContextCluster presets: "
+                             f'{COC_PREFIX}<preset>; FEC: small, base, large)')
+        cfg.model.backbone.arch = arch
     scope = cfg.get('default_scope', 'mmengine')
     init_default_scope(scope)
     registry = importlib.import_module(f'{scope}.registry')
@@ -173,7 +215,7 @@ def prepare_from_config(args: argparse.Namespace) -> Prepared:
     if cfg.get('data_preprocessor') is not None:
         model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
     model = registry.MODELS.build(model_cfg)
-    backbone = _fec_backbone(model, args.config)
+    backbone = _backbone(model, args.config)
     if args.checkpoint:
         load_weights(model, backbone, args.checkpoint)
     model.to(args.device).eval()
@@ -198,10 +240,12 @@ def prepare_from_config(args: argparse.Namespace) -> Prepared:
 
 
 def prepare_from_arch(args: argparse.Namespace) -> Prepared:
-    """``FEC(arch)`` (and ``--cfg-options model.backbone.*``) on the image
-    normalised with ImageNet's mean and std, at its own size."""
+    """``FEC(arch)`` or ``ContextCluster(preset)`` (and ``--cfg-options
+    model.backbone.*``) on the image normalised with ImageNet's mean and std,
+    at its own size."""
     from mmengine.registry import MODELS
-    cfg = Config(dict(model=dict(backbone=dict(type='FEC', arch=args.arch))))
+    family, arch = split_arch(args.arch)
+    cfg = Config(dict(model=dict(backbone=dict(type=family, arch=arch))))
     if args.cfg_options:
         others = [k for k in args.cfg_options if not k.startswith('model.backbone.')]
         if others:
@@ -276,6 +320,8 @@ def run(argv: Optional[Sequence[str]] = None) -> List[str]:
         check_html_path(args.html)
     torch.manual_seed(args.seed)  # random weights (no checkpoint) are repeatable
     prepared = prepare_from_config(args) if args.config else prepare_from_arch(args)
+    if isinstance(prepared.backbone, ContextCluster):
+        return run_coc(args, prepared)
     options = view_options(args, prepared)
     maps = cluster_maps(prepared.backbone, prepared.inputs, prepared.image_size)
     if args.html:
@@ -316,6 +362,96 @@ def run(argv: Optional[Sequence[str]] = None) -> List[str]:
         sys.stderr.write(f'vis_clusters: removed {len(stale)} files of an earlier run in '
                          f'{args.out_dir} that this one does not write: {", ".join(stale)}\n')
     return written
+
+
+def check_coc_options(args: argparse.Namespace, backbone: ContextCluster) -> List[Tuple[int, int]]:
+    """Refuse FEC-only options and views a ContextCluster does not have;
+    returns the (stage, block) pairs asked for (empty: all).
+
+    Raises:
+        ValueError: Names the option and what is supported.
+    """
+    for name, default in FEC_ONLY.items():
+        if getattr(args, name) != default:
+            option = '--' + name.replace('_', '-')
+            raise ValueError(
+                f'{option} is for FEC backbones only: for a ContextCluster vis_clusters draws '
+                'the PNG sheets of each encoding block\'s per-head assignments (options '
+                '--stage, --block, --head, --alpha, --json); the explorer (--html), merged '
+                'groups and class contributions need FEC\'s cluster pooling')
+    n, depths, heads = backbone.num_stages, backbone.arch['depths'], backbone.arch['heads']
+    for k in args.stage or ():
+        if not 0 <= k < n:
+            raise ValueError(f'no stage {k}: the ContextCluster stages are 0..{n - 1}')
+    blocks = [parse_block(b) for b in args.block]
+    for s, j in blocks:
+        if not 0 <= s < n:
+            raise ValueError(f'no stage {s} for block {s}.{j}: stages are 0..{n - 1}')
+        if not 0 <= j < depths[s]:
+            raise ValueError(f'no block {s}.{j}: stage {s} has blocks 0..{depths[s] - 1}')
+    if args.head and not blocks:
+        raise ValueError('heads given without a block (--block STAGE.BLOCK)')
+    for s, j in blocks:
+        for h in args.head or ():
+            if not 0 <= h < heads[s]:
+                raise ValueError(f'no head {h} in block {s}.{j}: it has heads 0..{heads[s] - 1}')
+    return blocks
+
+
+def run_coc(args: argparse.Namespace, prepared: Prepared) -> List[str]:
+    """A ContextCluster's cluster maps: one sheet per encoding block (its
+    heads side by side, :func:`.coc_cluster_maps.save_coc_cluster_maps`),
+    ``<image>_stage{k}_block{j}.png``, and with ``--json`` the per-block
+    numbers. The input is zero-padded (bottom/right, after normalisation,
+    as mmdet/mmseg pad) to the backbone's ``size_divisor`` and the maps are
+    cropped back to the image."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from .coc_cluster_maps import coc_cluster_maps, save_coc_cluster_maps
+    from .render import move_files
+    backbone = prepared.backbone
+    blocks = check_coc_options(args, backbone)
+    x = prepared.inputs
+    d = backbone.size_divisor
+    x = F.pad(x, (0, -x.shape[-1] % d, 0, -x.shape[-2] % d))
+    h, w = prepared.image_size
+    maps = []
+    for b in coc_cluster_maps(backbone, x):
+        s = 4 * 2**b.stage  # token stride: the tokens covering the image
+        maps.append(dataclasses.replace(b, pixels=b.pixels[..., :h, :w],
+                                        cos=b.cos[..., :-(-h // s), :-(-w // s)]))
+    stem = osp.splitext(osp.basename(args.img))[0]
+    tmp = tempfile.mkdtemp(prefix='.vis_clusters-', dir=_existing_parent(args.out_dir))
+    try:
+        save_coc_cluster_maps(maps, prepared.display, tmp, alpha=args.alpha,
+                              stages=args.stage, only_blocks=blocks or None, heads=args.head,
+                              prefix=f'{stem}_')
+        if args.json:
+            report = dict(image=args.img, config=args.config, checkpoint=args.checkpoint,
+                          backbone='ContextCluster', arch=backbone.arch_name,
+                          image_size=[h, w], padded_size=list(x.shape[-2:]),
+                          blocks=coc_block_report(maps))
+            with open(osp.join(tmp, f'{stem}_clusters.json'), 'w') as f:
+                json.dump(report, f, indent=1)
+        return move_files(tmp, args.out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def coc_block_report(maps: Sequence) -> List[dict]:
+    """Per block: name, stage, block, regions, center grid, and per head the
+    clusters present on the image and their mean cosine with their center."""
+    out, counts = [], {}
+    for b in maps:
+        j = counts.get(b.stage, 0)
+        counts[b.stage] = j + 1
+        heads = [dict(head=i, clusters=int(b.pixels[0, i].unique().numel()),
+                      mean_cos=float(b.cos[0, i].mean())) for i in range(b.pixels.shape[1])]
+        out.append(dict(name=b.name, stage=b.stage, block=j, fold=b.fold,
+                        center_grid=list(b.center_grid), heads=heads))
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -14,7 +14,7 @@ regions never share an id.
 """
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -75,7 +75,10 @@ def coc_cluster_maps(backbone: ContextCluster, images: Tensor) -> List[BlockClus
 
 def save_coc_cluster_maps(blocks: List[BlockClusters], image: np.ndarray, out_dir: str,
                           alpha: float = 0.5, b: int = 0,
-                          stages: Optional[List[int]] = None) -> List[str]:
+                          stages: Optional[List[int]] = None,
+                          only_blocks: Optional[Sequence[Tuple[int, int]]] = None,
+                          heads: Optional[Sequence[int]] = None,
+                          prefix: str = '') -> List[str]:
     """One PNG sheet per block: its heads side by side over ``image``.
 
     Args:
@@ -85,9 +88,12 @@ def save_coc_cluster_maps(blocks: List[BlockClusters], image: np.ndarray, out_di
         alpha (float): Opacity of the cluster colours. Default 0.5.
         b (int): Image of the batch. Default 0.
         stages (list[int], optional): Only these stages.
+        only_blocks (list[tuple[int, int]], optional): Only these (stage, block).
+        heads (list[int], optional): Only these heads (default all).
+        prefix (str): Prepended to the file names. Default ''.
 
     Returns:
-        list[str]: The written files, ``stage{k}_block{j}.png``.
+        list[str]: The written files, ``{prefix}stage{k}_block{j}.png``.
     """
     from .render import draw_sheet, overlay, palette, save_png
     os.makedirs(out_dir, exist_ok=True)
@@ -98,18 +104,21 @@ def save_coc_cluster_maps(blocks: List[BlockClusters], image: np.ndarray, out_di
         counts[block.stage] = j + 1
         if stages is not None and block.stage not in stages:
             continue
+        if only_blocks is not None and (block.stage, j) not in only_blocks:
+            continue
         labels = block.pixels[b].cpu().numpy()
         if labels.shape[-2:] != image.shape[:2]:
             raise ValueError(f'save_coc_cluster_maps: image is {image.shape[:2]}, the maps '
                              f'{labels.shape[-2:]}: pass the padded input image')
         colors = palette(block.center_grid[0] * block.center_grid[1])
         panels = [(f'head {h}', overlay(image, labels[h], colors, alpha))
-                  for h in range(labels.shape[0])]
-        notes = [f'{block.name}: stage {block.stage} (stride {4 * 2**block.stage}), '
+                  for h in (range(labels.shape[0]) if heads is None else heads)]
+        # Two short lines: a sheet of one head is one panel wide.
+        notes = [f'{block.name}: stage {block.stage} (stride {4 * 2**block.stage})',
                  f'{block.fold}x{block.fold} regions, '
                  f'{block.center_grid[0] // block.fold}x'
                  f'{block.center_grid[1] // block.fold} centers each']
-        path = os.path.join(out_dir, f'stage{block.stage}_block{j}.png')
+        path = os.path.join(out_dir, f'{prefix}stage{block.stage}_block{j}.png')
         save_png(path, draw_sheet(panels, notes=notes))
         paths.append(path)
     return paths

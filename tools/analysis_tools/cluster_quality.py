@@ -1,13 +1,15 @@
-"""Score FEC's final clusters as image segments against exact ground truth.
+"""Score FEC's final clusters (or a CoC block's) as segments against exact ground truth.
 
 Usage:
     python tools/analysis_tools/cluster_quality.py CONFIG [--checkpoint CKPT] \
-        [--ks 4 8 16 32] [--seeds 0 1 2] [--num-images N] [--out result.json]
+        [--ks 4 8 16 32] [--seeds 0 1 2] [--num-images N] [--coc-stage K] [--out result.json]
 
-CONFIG is an mmdet or mmseg config with an FEC backbone (e.g.
-configs/demo/fec_maskrcnn_demo.py); its test split is scored, SLIC's
-compactness is chosen on images of its train split. Writes a JSON (means,
-bootstrap 95 % intervals, per-image scores) and prints a markdown table.
+CONFIG is an mmdet or mmseg config with an FEC or ContextCluster backbone (e.g.
+configs/demo/fec_maskrcnn_demo.py, configs/demo/coc_maskrcnn_demo.py; for CoC the
+partition is head 0 of the last block of stage --coc-stage, default the last); its
+test split is scored, SLIC's compactness is chosen on images of its train split.
+Writes a JSON (means, bootstrap 95 % intervals, per-image scores) and prints a
+markdown table.
 See docs/user_guides/analysis.md, "Cluster quality" and fec_mm/analysis/cluster_quality.py.
 """
 import argparse
@@ -33,7 +35,7 @@ from fec_mm.visualization.merge import MERGE_METHODS
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('config', help='mmdet/mmseg config with an FEC backbone')
+    parser.add_argument('config', help='mmdet/mmseg config with an FEC or ContextCluster backbone')
     parser.add_argument('--checkpoint', default=None,
                         help='trained checkpoint (its backbone is scored as "FEC (trained)")')
     parser.add_argument('--ks', type=int, nargs='+', default=list(DEFAULT_KS),
@@ -48,6 +50,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         default=list(DEFAULT_COMPACTNESS), help='SLIC compactness candidates')
     parser.add_argument('--merge', choices=MERGE_METHODS, default='kmeans',
                         help='how final clusters are merged to K (default kmeans)')
+    parser.add_argument('--coc-stage', type=int, default=None,
+                        help='ContextCluster configs: the stage whose last block\'s head-0 '
+                        'assignments are the partition (default the last stage)')
     parser.add_argument('--bootstrap', type=int, default=1000, help='bootstrap resamples')
     parser.add_argument('--seed', type=int, default=0, help='seed of the bootstrap')
     parser.add_argument('--out', default=None,
@@ -102,7 +107,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
         result = evaluate_partitions(
             cfg, args.checkpoint, ks=args.ks, seeds=args.seeds, num_images=args.num_images,
             num_heldout=args.num_heldout, compactness=args.compactness,
-            merge_method=args.merge, bootstrap=args.bootstrap, seed=args.seed)
+            merge_method=args.merge, bootstrap=args.bootstrap, seed=args.seed,
+            coc_stage=args.coc_stage)
     except (ValueError, FileNotFoundError) as e:  # bad checkpoint, data or config entries
         sys.exit(f'cluster_quality: {e}')
     result['config'] = args.config
