@@ -134,7 +134,8 @@ def fec_load_state_dict(original: Callable) -> Callable:
         if not fec_prefixes(model):
             return original(module, state_dict, strict, logger)
         source = _describe_source()
-        converted, layout, reshaped = convert_authors_whole_model(model, state_dict, source)
+        converted, layout, reshaped = convert_authors_whole_model(
+            model, state_dict, last_read_file() or '')
         if layout is not None:
             metadata = getattr(state_dict, '_metadata', None)
             if metadata is not None:
