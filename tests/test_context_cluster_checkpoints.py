@@ -31,6 +31,7 @@ from fec_mm.datasets import make_demo_data
 from fec_mm.engine.testing import build_test_parser, check_checkpoint_fits
 from fec_mm.engine.testing import test as run_test
 from fec_mm.models import ContextCluster
+from fec_mm.models.whole_model import backbone_only_loading
 
 sys.path.insert(0, osp.join(osp.dirname(__file__), '..', 'tools', 'model_converters'))
 from coc_reference_to_mm import convert  # noqa: E402
@@ -213,3 +214,12 @@ def test_files_lacking_parts_of_another_arch_or_family_are_refused(coc_det, tmp_
         with pytest.raises(ValueError, match=check or message):
             fits(model, path)
         assert same_tensors(model.state_dict(), before)
+
+    # Asked for explicitly (load_from_backbone_only), a backbone-only start from the classifier.
+    classifier = torch.load(cls_file, weights_only=False)['state_dict']
+    start = zeroed(det)  # the shared fixture stays as it is
+    with DefaultScope.overwrite_default_scope('mmdet'), backbone_only_loading():
+        load_checkpoint(start, str(cls_file), map_location='cpu')
+    assert torch.equal(start.backbone.downsamples[2].weight, classifier['network.5.proj.weight'])
+    assert torch.equal(start.backbone.stages[3][1].mlp.fc2.weight,
+                       classifier['network.6.1.mlp.fc2.weight'])
