@@ -11,8 +11,8 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 from ..checkpoints import load_checkpoint_file, state_dict_of
-from ..models.checkpoint import convert_whole_model, describe_fec_weights
-from ..models.whole_model import check_whole_model, fec_prefixes, missing_parts
+from ..models.families import backbones_of, convert_authors_whole_model, describe_archs
+from ..models.whole_model import check_whole_model, missing_parts
 from .cli import (
     add_common_args,
     build_runner,
@@ -71,7 +71,7 @@ def check_checkpoint_fits(runner: Runner, filename: str, allow_other_shapes: boo
         allow_other_shapes (bool): Accept missing and mis-shaped tensors as
             long as some weights are shared (fine-tuning with ``load_from``
             into a model with other heads). Default False. For models with
-            an FEC backbone, whole parts (neck, heads) are never optional
+            an FEC or ContextCluster backbone, whole parts (neck, heads) are never optional
             unless :func:`fec_mm.models.whole_model.backbone_only_loading`
             is active (``load_from_backbone_only``).
 
@@ -84,9 +84,9 @@ def check_checkpoint_fits(runner: Runner, filename: str, allow_other_shapes: boo
     checkpoint = load_checkpoint_file(filename, map_location='cpu')
     state_dict = {re.sub(r'^module\.', '', k): v for k, v in state_dict_of(checkpoint).items()}
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-    fec = bool(fec_prefixes(model))
-    if fec:  # as the load will see it: the authors' files in fec-mm's names
-        state_dict, _ = convert_whole_model(state_dict)
+    ours = bool(backbones_of(model))
+    if ours:  # as the load will see it: the other family refused, the authors' files converted
+        state_dict, _, _ = convert_authors_whole_model(model, state_dict, filename)
     own = model.state_dict()
     shared = [k for k in own if k in state_dict]
     if not shared:
@@ -95,8 +95,7 @@ def check_checkpoint_fits(runner: Runner, filename: str, allow_other_shapes: boo
     mismatched = [f'{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}'
                   for k in shared if state_dict[k].shape != own[k].shape]
     if mismatched and not allow_other_shapes:
-        archs = [describe_fec_weights(state_dict, p) for p in fec_prefixes(model)]
-        archs = ''.join(f'; {a}' for a in archs if a)
+        archs = describe_archs(model, state_dict)
         raise ValueError(f'checkpoint {filename}: {len(mismatched)} weights have other shapes '
                          f'than the model\'s (checkpoint vs model; another arch or config?), '
                          f'e.g. {mismatched[:3]}{archs}')
@@ -107,7 +106,7 @@ def check_checkpoint_fits(runner: Runner, filename: str, allow_other_shapes: boo
         raise ValueError(f'checkpoint {filename} lacks {len(missing)} of the model\'s '
                          f'{len(own)} weights (another model or config?), e.g. {missing[:5]}'
                          f'{parts}')
-    if fec:  # fine-tuning too: no whole part (neck, heads) without weights; the arch
+    if ours:  # fine-tuning too: no whole part (neck, heads) without weights; the arch
         check_whole_model(model, state_dict, filename)
 
 

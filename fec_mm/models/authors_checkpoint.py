@@ -1,4 +1,5 @@
-"""Converting the authors' released FEC checkpoints to fec-mm files.
+"""Converting the authors' released FEC and Context Clusters checkpoints to
+fec-mm files.
 
 Their classification files come from timm's training script (the model's
 state dict, optimizer, ``args``, ``epoch``...), their detection and
@@ -14,7 +15,7 @@ import os.path as osp
 from typing import Any, Dict, List, Optional
 
 from ..checkpoints import load_checkpoint_file, state_dict_of, torch_save_atomic
-from .checkpoint import AUTHORS_CLASSIFIER, convert_whole_model
+from .families import convert_authors_file, is_classifier_layout
 
 # Whole-model key differences between mmdet 2.24 -> 3.3 (Mask R-CNN, FPN)
 # and mmseg 0.24 -> 1.2 (Semantic FPN): none. Both libraries' 3.x / 1.x
@@ -38,7 +39,8 @@ def dataset_meta_of(meta: Optional[dict]) -> Optional[Dict[str, Any]]:
 
 
 def convert_authors_checkpoint(src: str, dst: str) -> Dict[str, Any]:
-    """Convert an authors' checkpoint (any task, any size) to fec-mm's names.
+    """Convert an authors' checkpoint (FEC or Context Clusters, any task,
+    any size) to fec-mm's names.
 
     Args:
         src (str): Their file (classification, Mask R-CNN or Semantic FPN,
@@ -49,7 +51,9 @@ def convert_authors_checkpoint(src: str, dst: str) -> Dict[str, Any]:
         dict: What was done: ``layout``, ``converted`` (keys mapped to
         fec-mm's names: the backbone's, and a classifier's ``head``),
         ``kept`` (neck/head keys of a whole detector or segmentor, as they are), ``dropped``
-        (top-level entries and meta fields not written) and ``dataset_meta``.
+        (top-level entries and meta fields not written), ``dataset_meta`` and
+        ``reshaped`` (1×1-conv MLP weights made ``nn.Linear``'s, Context
+        Clusters' older dense files).
 
     Raises:
         FileNotFoundError, fec_mm.checkpoints.CheckpointError: ``src``
@@ -60,17 +64,19 @@ def convert_authors_checkpoint(src: str, dst: str) -> Dict[str, Any]:
     checkpoint = load_checkpoint_file(src, map_location='cpu')
     state_dict = {k[len('module.'):] if k.startswith('module.') else k: v
                   for k, v in state_dict_of(checkpoint).items()}
-    converted, layout = convert_whole_model(state_dict)
+    converted, layout, reshaped = convert_authors_file(state_dict)
     if layout is None:
         raise ValueError(f'{src} is not in the authors\' layout (no network.* or '
                          'backbone.network.* keys); fec-mm checkpoints need no conversion')
-    mapped = (len(converted) if layout == AUTHORS_CLASSIFIER
+    mapped = (len(converted) if is_classifier_layout(layout)
               else sum(k.startswith('backbone.') for k in converted))
     meta = checkpoint.get('meta') if isinstance(checkpoint.get('meta'), dict) else {}
     dataset_meta = dataset_meta_of(meta)
     out_meta: Dict[str, Any] = {'converted_from': osp.basename(src)}
     if dataset_meta is not None:
         out_meta['dataset_meta'] = dataset_meta
+    if reshaped:
+        out_meta['mlp_weights_reshaped_from_1x1_conv'] = len(reshaped)
     for key in ('epoch', 'iter'):
         if isinstance(meta.get(key, checkpoint.get(key)), int):
             out_meta[key] = meta.get(key, checkpoint.get(key))
@@ -82,4 +88,4 @@ def convert_authors_checkpoint(src: str, dst: str) -> Dict[str, Any]:
                                                                 'dataset_meta', 'epoch', 'iter')]
     torch_save_atomic({'state_dict': converted, 'meta': out_meta}, dst)
     return dict(layout=layout, converted=mapped, kept=len(converted) - mapped,
-                dropped=dropped, dataset_meta=dataset_meta)
+                dropped=dropped, dataset_meta=dataset_meta, reshaped=len(reshaped))

@@ -1,4 +1,5 @@
-"""Loading a whole model that holds an FEC backbone from one checkpoint.
+"""Loading a whole model that holds an FEC or Context Clusters backbone from
+one checkpoint.
 
 Every library API that loads a checkpoint file into a model (mmdet's
 ``init_detector`` / ``DetInferencer``, mmseg's ``init_model`` /
@@ -8,10 +9,12 @@ Every library API that loads a checkpoint file into a model (mmdet's
 warns about missing keys: a classification checkpoint loaded into Mask
 R-CNN predicts with a random neck and random heads. :func:`install`
 (called by ``import fec_mm``) wraps that one function; for models that
-contain an FEC backbone (others are untouched) it
+contain an FEC or ContextCluster backbone (others are untouched) it
 
-1. converts the authors' whole-model files (:func:`convert_whole_model`)
-   before anything checks them, so they load as they were released;
+1. refuses a file of the other family and converts the authors'
+   whole-model files of the model's family
+   (:func:`fec_mm.models.families.convert_authors_whole_model`) before
+   anything checks them, so they load as they were released;
 2. refuses a checkpoint that lacks whole sub-modules of the model (neck,
    heads, ...), naming the file and the parts (:func:`check_whole_model`).
 
@@ -30,17 +33,17 @@ from mmengine.logging import MMLogger
 from torch import Tensor
 
 from ..checkpoints.safe_load import last_read_file
-from .checkpoint import check_weights_fit, convert_whole_model
-from .fec import FEC
+from .families import backbones_of, check_backbones_fit, convert_authors_whole_model
 
 _state = threading.local()
 
 
 @contextmanager
 def backbone_only_loading() -> Iterator[None]:
-    """Within this context (one thread), a checkpoint that holds the FEC
-    backbone but lacks other parts of the model loads with a warning
-    instead of an error (``load_from_backbone_only = True``)."""
+    """Within this context (one thread), a checkpoint that holds the
+    backbone (FEC or ContextCluster) but lacks other parts of the model
+    loads with a warning instead of an error (``load_from_backbone_only =
+    True``)."""
     previous = getattr(_state, 'backbone_only', False)
     _state.backbone_only = True
     try:
@@ -50,9 +53,9 @@ def backbone_only_loading() -> Iterator[None]:
 
 
 def fec_prefixes(model: nn.Module) -> List[str]:
-    """Key prefixes of the FEC modules inside ``model`` (e.g. 'backbone.');
-    empty when the model holds none or is an FEC itself."""
-    return [name + '.' for name, m in model.named_modules() if name and isinstance(m, FEC)]
+    """Key prefixes of the FEC and ContextCluster modules inside ``model``
+    (e.g. 'backbone.'); empty when the model holds none or is one itself."""
+    return [prefix for prefix, _ in backbones_of(model)]
 
 
 def missing_parts(model: nn.Module, keys: List[str]) -> List[str]:
@@ -80,7 +83,7 @@ def missing_parts(model: nn.Module, keys: List[str]) -> List[str]:
 def check_whole_model(model: nn.Module, state_dict: Dict[str, Tensor], source: str) -> None:
     """Fail when ``state_dict`` lacks whole sub-modules of ``model``.
 
-    Under :func:`backbone_only_loading`, a state dict that holds the FEC
+    Under :func:`backbone_only_loading`, a state dict that holds the
     backbone's weights is accepted and the parts left at their
     initialisation are logged.
 
@@ -91,12 +94,12 @@ def check_whole_model(model: nn.Module, state_dict: Dict[str, Tensor], source: s
 
     Raises:
         ValueError: Names the file, the missing parts and what to do; for
-            an FEC backbone of another arch, the arch the file holds
-            (:func:`fec_mm.models.checkpoint.check_weights_fit`).
+            a backbone of another arch, the arch the file holds
+            (:func:`fec_mm.models.families.check_backbones_fit`).
     """
-    prefixes = fec_prefixes(model)
-    for prefix in prefixes:  # another arch: say so, rather than list its missing blocks
-        check_weights_fit(model.get_submodule(prefix[:-1]), state_dict, prefix)
+    check_backbones_fit(model, state_dict)  # another arch: say so, not its missing blocks
+    backbones = backbones_of(model)
+    prefixes = [prefix for prefix, _ in backbones]
     parts = missing_parts(model, list(state_dict))
     if not parts:
         return
@@ -106,7 +109,8 @@ def check_whole_model(model: nn.Module, state_dict: Dict[str, Tensor], source: s
             f'load_from_backbone_only: {source} holds no weights for {", ".join(parts)}; '
             'they keep their initialisation')
         return
-    backbone = (' It holds an FEC backbone: to start only the backbone from it, use '
+    names = ' or '.join(sorted({family.name for _, family in backbones}))
+    backbone = (f' It holds the {names} backbone: to start only the backbone from it, use '
                 "model.backbone.init_cfg=dict(type='Pretrained', checkpoint=...) or, with "
                 'tools/train.py, load_from plus load_from_backbone_only=True.'
                 if has_backbone else '')
@@ -122,7 +126,7 @@ def _describe_source() -> str:
 def fec_load_state_dict(original: Callable) -> Callable:
     """``original`` (mmengine's ``load_state_dict``) with the authors'
     layout converted and the whole-model check first, for models with an
-    FEC backbone."""
+    FEC or ContextCluster backbone."""
 
     def load_state_dict(module, state_dict, strict=False, logger=None):
         from mmengine.model import is_model_wrapper
@@ -130,7 +134,8 @@ def fec_load_state_dict(original: Callable) -> Callable:
         if not fec_prefixes(model):
             return original(module, state_dict, strict, logger)
         source = _describe_source()
-        converted, layout = convert_whole_model(state_dict)
+        converted, layout, reshaped = convert_authors_whole_model(
+            model, state_dict, last_read_file() or '')
         if layout is not None:
             metadata = getattr(state_dict, '_metadata', None)
             if metadata is not None:
@@ -138,6 +143,11 @@ def fec_load_state_dict(original: Callable) -> Callable:
             MMLogger.get_current_instance().info(
                 f'{source}: the authors\' {layout}; {len(converted)} tensors loaded under '
                 'fec-mm\'s names (backbone keys converted)')
+            if reshaped:
+                MMLogger.get_current_instance().warning(
+                    f'{source}: {len(reshaped)} MLP weights were 1x1 convolutions (the '
+                    "authors' older dense checkpoints, their issue #31) and were reshaped to "
+                    f'nn.Linear (out, in), e.g. {reshaped[0]}')
         check_whole_model(model, converted, source)
         return original(module, converted, strict, logger)
 

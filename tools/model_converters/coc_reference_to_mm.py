@@ -11,27 +11,20 @@ heads, whose names mmdet 3.x / mmseg 1.x kept). Older dense files hold the
 block MLPs as 1×1 convolutions: they are reshaped to ``nn.Linear`` and counted
 in the report.
 
-OUT holds ``{'state_dict': ...}`` with the backbone under ``backbone.`` (our
-names) and the classifier head as ``head.fc.*``: ``load_from`` of our configs
+OUT holds ``{'state_dict': ..., 'meta': ...}`` with the backbone under
+``backbone.`` (our names), the classifier head as ``head.fc.*`` and their
+classes (and palette) as mmengine's ``dataset_meta``: ``load_from`` of our configs
 in configs/context_cluster/, or ``init_cfg=dict(type='Pretrained',
 checkpoint=OUT)`` of the ContextCluster backbone. (The backbone also converts
 the authors' layout itself while loading; converting once keeps the file
 in the names every tool expects.) An FEC file is refused.
 """
 import argparse
-import os
-import os.path as osp
-from collections import OrderedDict
 from typing import Optional, Sequence, Tuple
 
-import torch
-
+from fec_mm.models.authors_checkpoint import convert_authors_checkpoint
 from fec_mm.models.checkpoint import read_state_dict
-from fec_mm.models.coc_checkpoint import (
-    check_family,
-    convert_coc_state_dict,
-    is_coc_reference_layout,
-)
+from fec_mm.models.coc_checkpoint import check_family, is_coc_reference_layout
 
 
 def convert(src: str, dst: str) -> Tuple[int, int, str]:
@@ -44,17 +37,10 @@ def convert(src: str, dst: str) -> Tuple[int, int, str]:
     if not is_coc_reference_layout(backbone_keys):
         raise ValueError(f"{src} is not in the authors' Context Clusters layout (no "
                          f'{prefix}network.1.proj.* keys); fec-mm checkpoints need no conversion')
-    converted, reshaped = convert_coc_state_dict(state_dict, prefix)
-    if not dense:  # classifier: backbone under backbone., head as mmpretrain's head.fc
-        converted = OrderedDict((k if k.startswith('head.') else 'backbone.' + k, v)
-                                for k, v in converted.items())
-    if osp.dirname(dst):
-        os.makedirs(osp.dirname(dst), exist_ok=True)
-    torch.save({'state_dict': converted,
-                'meta': {'converted_from': osp.basename(src),
-                         'mlp_weights_reshaped_from_1x1_conv': len(reshaped)}}, dst)
+    # the one conversion of the authors' files (fec_mm.models.families), as loading does
+    report = convert_authors_checkpoint(src, dst)
     kind = 'dense (Mask R-CNN / Semantic FPN)' if dense else 'classification'
-    return len(converted), len(reshaped), kind
+    return report['converted'] + report['kept'], report['reshaped'], kind
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
