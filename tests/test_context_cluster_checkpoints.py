@@ -223,3 +223,19 @@ def test_files_lacking_parts_of_another_arch_or_family_are_refused(coc_det, tmp_
     assert torch.equal(start.backbone.downsamples[2].weight, classifier['network.5.proj.weight'])
     assert torch.equal(start.backbone.stages[3][1].mlp.fc2.weight,
                        classifier['network.6.1.mlp.fc2.weight'])
+
+
+def test_analysis_and_visualization_tools_read_the_released_file(coc_det, tmp_path):
+    """cluster_quality's and vis_clusters' loaders take the authors' CoC
+    Mask R-CNN file as it is: the backbone gets the file's weights."""
+    from fec_mm.analysis.partitions import backbone_from_config
+    from fec_mm.visualization.cli import load_weights
+    config = COC / 'mask-rcnn_coc-small-4_fpn_1x_coco.py'
+    path = authors_file(coc_det, 'det', tmp_path / 'det.pth', conv_mlp=True)
+    expected = {k[len('backbone.'):]: v for k, v in coc_det.state_dict().items()
+                if k.startswith('backbone.')}
+    backbone = backbone_from_config(Config.fromfile(str(config)), str(path))
+    assert same_tensors(backbone.state_dict(), expected)
+    target = zeroed(coc_det)
+    load_weights(target, target.backbone, str(path))
+    assert same_tensors(target.state_dict(), coc_det.state_dict())

@@ -11,13 +11,9 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
-from ..models.checkpoint import (
-    backbone_state_dict,
-    check_weights_fit,
-    convert_whole_model,
-    read_state_dict,
-)
+from ..models.checkpoint import backbone_state_dict, check_weights_fit, read_state_dict
 from ..models.coc_checkpoint import check_family
+from ..models.families import convert_authors_file
 from ..visualization.cluster_maps import cluster_maps
 
 
@@ -222,7 +218,7 @@ def backbone_from_config(cfg: Config, checkpoint: Optional[str] = None,
     backbone = MODELS.build(bcfg)
     if checkpoint is None:  # construction applies the default init (docs/notes/design.md §2)
         return backbone.eval()
-    state_dict, _ = convert_whole_model(read_state_dict(checkpoint))  # the authors' files too
+    state_dict, _, _ = convert_authors_file(read_state_dict(checkpoint))  # the authors' too
     prefix = 'backbone.' if any(k.startswith('backbone.') for k in state_dict) else ''
     if bcfg['type'] == 'ContextCluster':
         weights = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}

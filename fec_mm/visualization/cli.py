@@ -35,9 +35,10 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config, DictAction
 
-from ..models.checkpoint import convert_whole_model, load_fec_checkpoint, read_state_dict
+from ..models.checkpoint import load_fec_checkpoint, read_state_dict
 from ..models.coc_checkpoint import check_family
 from ..models.context_cluster import ContextCluster
+from ..models.families import convert_authors_file
 from ..models.fec import FEC
 from ..outputs import check_output_dir
 from .cluster_maps import MERGE_FEATURES, cluster_maps
@@ -155,7 +156,7 @@ def load_weights(model: nn.Module, backbone: nn.Module, checkpoint: str) -> None
     :meth:`ContextCluster._load_from_state_dict`)."""
     if '://' not in checkpoint and not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
-    state_dict, _ = convert_whole_model(read_state_dict(checkpoint))  # the authors' files too
+    state_dict, _, _ = convert_authors_file(read_state_dict(checkpoint))  # the authors' too
     whole = model is not backbone and any(k.startswith('backbone.') for k in state_dict)
     if isinstance(backbone, ContextCluster):  # the other family, refused naming the file
         check_family('ContextCluster', [k[len('backbone.'):] if whole else k for k in state_dict
