@@ -19,22 +19,33 @@ def hub(monkeypatch):
     return ModelHub._models_dict
 
 
+# Classifier parameter counts of Context Clusters (docs/notes/design.md §7).
+COC_PARAMS = {'tiny': 5_570_584, 'tiny-plain': 5_570_584, 'small': 14_657_024,
+              'medium': 29_290_520}
+
+
 def test_metafile_parses_and_matches_the_zoo_page(hub):
-    assert len(hub) == 9
+    assert len(hub) == 9 + 16
     page = (REPO / 'docs' / 'model_zoo.md').read_text()
-    tasks = {'Image Classification': 3, 'Object Detection': 3, 'Instance Segmentation': 3,
-             'Semantic Segmentation': 3}
+    tasks = {'Image Classification': 3 + 4, 'Object Detection': 3 + 6,
+             'Instance Segmentation': 3 + 6, 'Semantic Segmentation': 3 + 6}
     for name, model in hub.items():
         assert Path(model.config).is_file(), model.config
-        assert model.in_collection == 'FEC'
-        assert model.metadata.data['Results Source'].startswith('paper')
+        assert model.in_collection in ('FEC', 'ContextCluster')
+        source = 'paper' if model.in_collection == 'FEC' else 'authors'
+        assert model.metadata.data['Results Source'].startswith(source)
         for result in model.results:
             tasks[result.task] -= 1
             for metric, value in result.metrics.items():
                 assert f'{value}' in page, (name, metric)
         assert f'{model.metadata.parameters:,}' in page, name
         assert Path(model.config).relative_to(REPO).as_posix() in page
-        arch = next(a for a in SPEC_PARAMS if f'fec-{a}' in name)
+        if model.in_collection == 'FEC':
+            arch = next(a for a in SPEC_PARAMS if f'fec-{a}' in name)
+            expected = SPEC_PARAMS[arch]
+        else:
+            arch = name[len('coc-'):-len('_3rdparty_in1k')]
+            expected = COC_PARAMS.get(arch)
         if name.endswith('in1k'):
-            assert model.metadata.parameters == SPEC_PARAMS[arch]
+            assert model.metadata.parameters == expected, name
     assert all(count == 0 for count in tasks.values()), tasks
