@@ -5,11 +5,14 @@
 # a full mmcv it already has.
 PY := .venv/bin/python
 MMCV ?=
+# EXTRAS=tools: also the packaged tools' dependencies (requirements/tools.txt);
+# the tests use them, so `make test` installs them.
+EXTRAS ?=
 
 .PHONY: setup demo test lint
 
 setup:
-	MMCV=$(MMCV) bash tools/setup_env.sh
+	MMCV=$(MMCV) EXTRAS=$(EXTRAS) bash tools/setup_env.sh
 
 demo: setup
 	bash tools/demo.sh
@@ -17,5 +20,6 @@ demo: setup
 lint: setup
 	$(PY) -m ruff check .
 
+test: EXTRAS = tools
 test: lint
 	$(PY) -m pytest -q

@@ -79,8 +79,11 @@ def test_compiled_training_step_and_inference_match_eager():
 
 
 def test_inductor_training_step_matches_eager():
-    """The issue's crash was Inductor's, in backward, after recompiles."""
-    eager = tiny_fec()
+    """Forward and backward through Inductor's generated code, on the stem
+    and one cluster block (the encoder op, the MLP, the norms): few enough
+    kernels to compile in CI time (the pooling op goes through the same
+    fake kernels and autograd formulas, checked with aot_eager above)."""
+    eager = tiny_fec(out_indices=(0,))
     compiled_model = copy.deepcopy(eager)
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

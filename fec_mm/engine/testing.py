@@ -56,7 +56,8 @@ def build_test_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def check_checkpoint_fits(runner: Runner, filename: str, allow_other_shapes: bool = False) -> None:
+def check_checkpoint_fits(runner: Runner, filename: str, allow_other_shapes: bool = False,
+                          prefix: str = '') -> None:
     """Fail if the checkpoint's weights do not fit the runner's model.
 
     mmengine loads ``load_from`` non-strictly and only warns, which would
@@ -69,6 +70,9 @@ def check_checkpoint_fits(runner: Runner, filename: str, allow_other_shapes: boo
         allow_other_shapes (bool): Accept missing and mis-shaped tensors as
             long as some weights are shared (fine-tuning with ``load_from``
             into a model with other heads). Default False.
+        prefix (str): Compare only the checkpoint's weights under this
+            prefix (stripped) with the model's, e.g. ``'backbone.'`` when
+            ``runner.model`` is a backbone. Default '' (all).
 
     Raises:
         FileNotFoundError, fec_mm.checkpoints.CheckpointError: The file is
@@ -78,6 +82,7 @@ def check_checkpoint_fits(runner: Runner, filename: str, allow_other_shapes: boo
     """
     checkpoint = load_checkpoint_file(filename, map_location='cpu')
     state_dict = {re.sub(r'^module\.', '', k): v for k, v in state_dict_of(checkpoint).items()}
+    state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     own = model.state_dict()
     shared = [k for k in own if k in state_dict]

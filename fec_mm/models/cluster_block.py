@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..ops import channel_mlp
 from .cluster_encoder import ClusterEncoder
+from .hooks import refuse_hooks
 
 
 class ChannelsLastMlp(nn.Module):
@@ -32,6 +33,10 @@ class ChannelsLastMlp(nn.Module):
     def forward(self, x: Tensor, scale: Optional[Tensor] = None) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W); ``scale`` (C,) multiplies the output
         through fc2's weights, so the scaled output is not saved for backward."""
+        if self.fused:
+            refuse_hooks(self, fc1=self.fc1, act=self.act, fc2=self.fc2)
+        else:
+            refuse_hooks(self, fc2=self.fc2)
         w2, b2 = self.fc2.weight, self.fc2.bias
         if scale is not None:
             w2, b2 = w2 * scale[:, None], b2 * scale

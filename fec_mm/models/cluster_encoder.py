@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops import center_pool, cluster_encode
+from .hooks import refuse_hooks
 from .region_partition import map_to_points, points_to_map
 
 
@@ -62,6 +63,7 @@ class ClusterEncoder(nn.Module):
                                              self.sim_alpha, self.sim_beta,
                                              impl=self.ops_impl, return_assignment=True)
             self.recorder(self, 'encode', index, cos, layout, size)
+        refuse_hooks(self, proj=self.proj)
         weight, bias = self.proj.weight, self.proj.bias
         if scale is not None:
             weight, bias = weight * scale[:, None, None, None], bias * scale
