@@ -60,15 +60,19 @@ class ClusterBlock(nn.Module):
         norm_cfg (dict): Pre-norm config.
         act_cfg (dict): MLP activation config.
         ops_impl (str): Implementation of the clustering op.
+        fp32_assignments (bool): Under autocast, the mixer clusters in
+            float32. Default False.
     """
 
     def __init__(self, channels: int, heads: int, head_dim: int, mlp_ratio: int,
                  num_centers: int, fold: int, drop_path: float = 0.,
                  layer_scale_init: float = 1e-5, norm_cfg: dict = dict(type='GN', num_groups=1),
-                 act_cfg: dict = dict(type='GELU'), ops_impl: str = 'auto') -> None:
+                 act_cfg: dict = dict(type='GELU'), ops_impl: str = 'auto',
+                 fp32_assignments: bool = False) -> None:
         super().__init__()
         self.norm1 = build_norm_layer(norm_cfg, channels)[1]
-        self.token_mixer = ClusterEncoder(channels, heads, head_dim, num_centers, fold, ops_impl)
+        self.token_mixer = ClusterEncoder(channels, heads, head_dim, num_centers, fold, ops_impl,
+                                          fp32_assignments)
         self.norm2 = build_norm_layer(norm_cfg, channels)[1]
         self.mlp = ChannelsLastMlp(channels, mlp_ratio * channels, act_cfg, ops_impl)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

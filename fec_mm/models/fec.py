@@ -130,6 +130,12 @@ class FEC(BaseModule):
             are the plain PyTorch layers too; with any other value they run
             the chunked, memory-lean :func:`fec_mm.ops.channel_mlp`.
             Default 'auto'.
+        fp32_assignments (bool): Under autocast (bf16/fp16), compute every
+            clustering layer's features, similarities, argmax and aggregation
+            in float32, so the assignments do not flip from half-precision
+            rounding there (docs/notes/low_precision.md); the rest of the
+            model stays in the autocast dtype. No effect without autocast.
+            Default False.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...,
             prefix=None)`` loads our checkpoints and the authors' layout
             (see :func:`fec_mm.models.checkpoint.load_fec_checkpoint`);
@@ -171,6 +177,7 @@ class FEC(BaseModule):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  ops_impl: str = 'auto',
+                 fp32_assignments: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.arch_name = arch if isinstance(arch, str) else 'custom'
@@ -202,12 +209,14 @@ class FEC(BaseModule):
         for k in range(self.num_stages):
             if k > 0:
                 self.cluster_poolings.append(ClusterPooling(
-                    widths[k - 1], widths[k], self.folds[k], norm_cfg, ops_impl))
+                    widths[k - 1], widths[k], self.folds[k], norm_cfg, ops_impl,
+                    fp32_assignments))
             first = sum(depths[:k])
             self.stages.append(FECStage(*[
                 ClusterBlock(widths[k], self.arch['heads'][k], self.arch['head_dim'],
                              self.arch['mlp_ratios'][k], self.num_centers[k], self.folds[k],
-                             rates[first + j], layer_scale_init, norm_cfg, act_cfg, ops_impl)
+                             rates[first + j], layer_scale_init, norm_cfg, act_cfg, ops_impl,
+                             fp32_assignments)
                 for j in range(depths[k])], with_cp=with_cp))
         for k in self.out_indices:
             self.add_module(f'norm{k}', build_norm_layer(norm_cfg, widths[k])[1])
