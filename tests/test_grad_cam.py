@@ -80,5 +80,16 @@ def test_layers_applied_by_their_parent_are_a_clear_error(classifier_and_photo, 
     model, x = classifier_and_photo
     with cam_lib.GradCAM(model=Scores(model), target_layers=[model.get_submodule(name)]) as cam:
         with pytest.raises(RuntimeError, match=rf'{owner}, which never runs as a module.*'
-                           r'Hook a layer that runs: backbone\.stages\.\{k\}'):
+                           r'Target a layer that runs: backbone\.stages\.\{k\}'):
             cam(input_tensor=x, targets=[ClassifierOutputTarget(1)])
+
+
+def test_other_hooks_on_those_layers_are_left_alone(classifier_and_photo):
+    """FLOP counters and scope tracers hook every module; they are not refused."""
+    model, x = classifier_and_photo
+    handle = model.backbone.stages[3][1].mlp.fc2.register_forward_hook(lambda *a: None)
+    try:
+        with torch.no_grad():
+            model.backbone(x)
+    finally:
+        handle.remove()

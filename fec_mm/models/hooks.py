@@ -10,19 +10,28 @@ HOOKABLE_LAYERS = ('backbone.stages.{k}', 'backbone.stages.{k}.{j}',
                    'backbone.cluster_poolings.{i}', 'backbone.norm{k}')
 
 
-def is_hooked(module: nn.Module) -> bool:
-    """Whether forward or backward hooks are registered on ``module`` itself."""
-    return bool(module._forward_hooks or module._forward_pre_hooks
-                or module._backward_hooks or module._backward_pre_hooks)
+# Packages whose hooks on a layer expect it to run, to read its activations
+# and gradients: pytorch-grad-cam (also behind mmpretrain's vis_cam.py) and
+# captum. Other hooks (FLOP counters, scope tracers) hook every module and
+# tolerate ones that never run.
+ACTIVATION_HOOK_PACKAGES = ('pytorch_grad_cam', 'captum')
+
+
+def has_activation_hook(module: nn.Module) -> bool:
+    """Whether a Grad-CAM-style tool put a forward hook on ``module`` itself."""
+    hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
+    return any(getattr(h, '__module__', '').split('.')[0] in ACTIVATION_HOOK_PACKAGES
+               for h in hooks)
 
 
 def refuse_hooks(owner: nn.Module, **layers: nn.Module) -> None:
-    """Raise if a hook waits on a layer whose weights ``owner`` applies itself
-    (the hook would never fire: Grad-CAM fails on empty activations)."""
+    """Raise if a Grad-CAM-style tool hooks a layer whose weights ``owner``
+    applies itself: its hook would never fire and the tool would fail on
+    empty activations, far from the cause."""
     for name, layer in layers.items():
-        if is_hooked(layer):
+        if has_activation_hook(layer):
             raise RuntimeError(
-                f'a hook is registered on {type(owner).__name__}.{name}, which never runs as '
-                f'a module: {type(owner).__name__} applies its weights itself (fused, with '
-                f'the layer scale folded in), so the hook would never fire. Hook a layer '
-                f'that runs: {", ".join(HOOKABLE_LAYERS)}')
+                f'a Grad-CAM hook is registered on {type(owner).__name__}.{name}, which never '
+                f'runs as a module: {type(owner).__name__} applies its weights itself (fused, '
+                f'with the layer scale folded in), so the hook would never fire. Target a '
+                f'layer that runs: {", ".join(HOOKABLE_LAYERS)}')
