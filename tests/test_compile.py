@@ -95,3 +95,31 @@ def test_inductor_training_step_matches_eager():
     for (name, a), b in zip(eager.named_parameters(), compiled_model.parameters()):
         if a.grad is not None:
             torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize('config,neck', [('fec_cls_demo.py', None),
+                                         ('fec_semfpn_demo.py', 'neck'),
+                                         ('fec_maskrcnn_demo.py', 'neck')])
+def test_whole_library_models_have_no_graph_break(config, neck):
+    """mmpretrain's and mmseg's models (``mode='tensor'``) are one graph; an
+    mmdet detector's backbone + FPN (``extract_feat``) too (its RoI heads and
+    NMS are mmdet's, data-dependent by nature)."""
+    from demo_config_helpers import CONFIG_DIR, model_cfg, registry
+    from mmengine.config import Config
+    cfg = Config.fromfile(str(CONFIG_DIR / 'demo' / config))
+    tiny = dict(TINY, _delete_=True)
+    cfg.merge_from_dict({'model.backbone.arch': tiny})
+    if neck:
+        cfg.merge_from_dict({'model.neck.in_channels': list(TINY['widths'])})
+    else:
+        cfg.merge_from_dict({'model.head.in_channels': TINY['widths'][-1]})
+    torch.manual_seed(0)
+    model = registry(cfg).MODELS.build(model_cfg(cfg)).eval()
+    x = torch.randn(2, 3, 64, 96)
+    torch._dynamo.reset()
+    if cfg.default_scope == 'mmdet':
+        explained = torch._dynamo.explain(model.extract_feat)(x)
+    else:
+        explained = torch._dynamo.explain(model)(x, mode='tensor')
+    reasons = [b.reason.splitlines()[0] for b in explained.break_reasons]
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, reasons
