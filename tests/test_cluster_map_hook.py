@@ -3,6 +3,7 @@ through the visualizer every ``interval`` validations, logs the per-stage
 numbers, and the demo summary still reads the validation metrics."""
 import importlib
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -31,19 +32,46 @@ def test_registered_in_the_root_registry_and_on_in_the_demo_configs():
         assert [h['type'] for h in cfg.custom_hooks] == ['ClusterMapHook']
     with pytest.raises(ValueError, match='interval must be an int >= 1'):
         ClusterMapHook(interval=0)
-    # Checked when the run starts: a backbone that is not FEC, a stage it lacks.
+    # Checked when the run starts: a stage the backbone lacks is an error, a
+    # backbone that is not FEC makes the hook step aside with a warning.
     import torch.nn as nn
+    from mmdet.models.test_time_augs import DetTTAModel
+    from mmengine.logging import MMLogger
+    from mmseg.models import SegTTAModel
+
+    class Model(nn.Module):
+        def test_step(self, data):  # what TTA models require of what they wrap
+            return data
 
     class Runner_:
-        model = nn.Module()
+        model = Model()
     Runner_.model.backbone = nn.Conv2d(3, 3, 1)
-    with pytest.raises(ValueError, match="backbone is Conv2d, not FEC"):
-        ClusterMapHook().before_run(Runner_)
+    hook = ClusterMapHook()
+    logger = MMLogger.get_current_instance()
+    warnings = []
+    handler = type('H', (logging.Handler,), {'emit': lambda self, r: warnings.append(
+        r.getMessage())})()
+    logger.addHandler(handler)
+    try:
+        hook.before_run(Runner_)
+    finally:
+        logger.removeHandler(handler)
+    assert not hook._active
+    assert any('Model has no FEC backbone (backbone: Conv2d)' in w for w in warnings)
+    hook.after_val_epoch(Runner_)  # draws nothing, raises nothing
     from fec_mm.models import FEC
     Runner_.model.backbone = FEC(arch='small', out_indices=(2,))
     with pytest.raises(ValueError, match='no pooling stage 3: the stages with cluster maps '
                        'are 1..2'):
         ClusterMapHook(stages=[3]).before_run(Runner_)
+    # Found through test-time augmentation models (mmdet test.py --tta).
+    inner = Runner_.model
+    for tta in (DetTTAModel(module=inner), SegTTAModel(module=inner)):
+        Runner_.model = tta
+        hook = ClusterMapHook(stages=[1, 2])
+        hook.before_run(Runner_)
+        assert hook._active
+    Runner_.model = inner
 
 
 def test_validation_metrics_skip_the_hooks_records():

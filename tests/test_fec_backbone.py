@@ -58,12 +58,22 @@ def test_batch_images_are_independent():
 
 
 @pytest.mark.parametrize('size,folds,divisor', [
-    ((225, 224), (1, 1, 1, 1), 32), ((224, 100), (2, 2, 1, 1), 32), ((96, 96), (2, 2, 2, 2), 64)])
-def test_bad_sizes_name_size_and_divisor(size, folds, divisor):
-    model = FEC(folds=folds)
+    ((225, 224), (1, 1, 1, 1), 32), ((70, 100), (2, 2, 1, 1), 32), ((33, 97), (2, 2, 2, 2), 64)])
+@pytest.mark.parametrize('ops_impl', ['reference', 'auto'])
+def test_any_size_is_padded_inside_and_cropped(size, folds, divisor, ops_impl):
+    """Any H x W: the result is that of the input padded to the size divisor
+    (as a data preprocessor pads), cropped to ceil(H / stride) per stage."""
+    torch.manual_seed(0)
+    model = FEC(folds=folds, ops_impl=ops_impl).eval()
     assert model.size_divisor == divisor
-    with pytest.raises(ValueError, match=rf'divisible by {divisor}.*{size[0]}x{size[1]}'):
-        model(torch.randn(1, 3, *size))
+    x = torch.randn(1, 3, *size)
+    padded = torch.nn.functional.pad(x, (0, -size[1] % divisor, 0, -size[0] % divisor))
+    with torch.no_grad():
+        outs, full = model(x), model(padded)
+    for k, (out, ref) in enumerate(zip(outs, full)):
+        stride = 4 * 2**k
+        assert out.shape[2:] == (-(-size[0] // stride), -(-size[1] // stride))
+        assert torch.equal(out, ref[..., :out.shape[2], :out.shape[3]])
     with pytest.raises(ValueError, match=r'\(B, 3, H, W\)'):
         model(torch.randn(1, 4, 64, 64))
 

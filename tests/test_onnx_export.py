@@ -190,16 +190,16 @@ def test_bad_inputs_name_the_problem_and_write_nothing(tmp_path, capsys):
     out = str(tmp_path / 'x.onnx')
     with pytest.raises(FileNotFoundError, match='checkpoint not found: .*missing.pth'):
         export_config(SEMFPN_DEMO, str(tmp_path / 'missing.pth'), (128, 128), out=out)
-    with pytest.raises(ValueError, match='size divisor 32'):
-        export_config(SEMFPN_DEMO, None, (128, 100), out=out)
+    with pytest.raises(ValueError, match='--dynamic-shape: .*size divisor 32'):
+        export_config(SEMFPN_DEMO, None, (128, 100), dynamic_shape=True, out=out)
     with pytest.raises(ValueError, match='opset must be an int >= 18'):
         export_config(SEMFPN_DEMO, None, (128, 128), opset=11, out=out)
     with pytest.raises(FileNotFoundError, match='config not found'):
         export_config(str(tmp_path / 'nope.py'), None, (128, 128), out=out)
     with pytest.raises(SystemExit) as exit_info:
-        main([SEMFPN_DEMO, '--shape', '96', '100', '--out', out])
+        main([SEMFPN_DEMO, '--shape', '96', '100', '--dynamic-shape', '--out', out])
     assert exit_info.value.code == 1
-    assert re.search(r'error: --shape 96 100: .*size divisor 32, e.g. 96 128',
+    assert re.search(r'error: --shape 96 100 --dynamic-shape: .*size divisor 32, e.g. 96 128',
                      capsys.readouterr().err)
     assert not os.listdir(tmp_path)
 
@@ -286,3 +286,37 @@ def test_classifier_with_checkpoint(tmp_path):
     with pytest.raises(ValueError, match='other.pth shares no weight'):
         export_config(CLS_DEMO, str(other), (64, 64), out=str(tmp_path / 'x.onnx'))
     assert sorted(os.listdir(tmp_path)) == ['cls.onnx', 'cls.pth', 'other.pth']
+
+
+def test_backbone_of_a_finetuned_checkpoint_at_an_odd_size(tmp_path):
+    """``--part backbone`` takes any checkpoint whose backbone fits (here a
+    classifier fine-tuned to 5 classes, config 3), and a static export of a
+    size that is not a multiple of 32 pads inside the graph as PyTorch does."""
+    from fec_mm.deployment import build_model
+    tiny = {'model.backbone.arch': dict(depths=[1, 1, 1, 1], widths=[16, 32, 48, 64],
+                                        heads=[2, 2, 2, 2], head_dim=8, _delete_=True),
+            'model.head.in_channels': 64}
+    torch.manual_seed(4)
+    model = build_model(CLS_DEMO, cfg_options=tiny)
+    state = model.state_dict()
+    state['head.fc.weight'], state['head.fc.bias'] = torch.randn(5, 64), torch.randn(5)
+    ckpt = tmp_path / 'finetuned.pth'
+    torch.save({'state_dict': state, 'meta': {}}, ckpt)
+    out = tmp_path / 'backbone.onnx'
+    result = export_config(CLS_DEMO, str(ckpt), (70, 90), part='backbone', out=str(out),
+                           verify=True, cfg_options=tiny, seed=1)
+    assert result.part == 'backbone' and result.num_outputs == 1  # out_indices (3,)
+    assert_parity(result.reports[0])
+    x = torch.randn(1, 3, 70, 90, generator=torch.Generator().manual_seed(0))
+    got = onnxruntime_session(out.read_bytes()).run(None, {'input': x.numpy()})[0]
+    with torch.no_grad():
+        expected = model.backbone.eval()(x)[0]  # the checkpoint's backbone weights
+    assert got.shape == (1, 64, 3, 3) == tuple(expected.shape)
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=0, atol=1e-4)
+    # A backbone that does not fit is still refused, naming the weights.
+    state['backbone.patch_embed.proj.weight'] = torch.zeros(16, 5, 3, 3)
+    torch.save({'state_dict': state}, ckpt)
+    with pytest.raises(ValueError, match=r'finetuned.pth: 1 weights have other shapes.*'
+                       r'patch_embed'):
+        export_config(CLS_DEMO, str(ckpt), (64, 64), part='backbone', cfg_options=tiny,
+                      out=str(tmp_path / 'x.onnx'))

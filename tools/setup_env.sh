@@ -15,6 +15,11 @@
 # TEST_BROWSER=1 (`make test` sets it) also installs the browser-test extra:
 # requirements-test-browser.txt (Playwright) and, when run as root with
 # apt-get, Debian's chromium; without root the browser tests are skipped.
+#
+# Extras (EXTRAS=name[,name], e.g. `make setup EXTRAS=tools`): also install
+# requirements/<name>.txt, pinned so that nothing of the stack moves.
+#   tools  what the libraries' packaged tools need (psutil, seaborn, grad-cam,
+#          openmim); `make test` installs it (its tests use them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -100,12 +105,22 @@ case "$WANT" in
   lite|full) ;;
   *) log "MMCV must be lite or full, not '$WANT'"; exit 2 ;;
 esac
+EXTRAS="${EXTRAS:-}"
+EXTRA_FILES=()
+for extra in ${EXTRAS//,/ }; do
+  if [ ! -f "requirements/$extra.txt" ]; then
+    log "EXTRAS: unknown extra '$extra' (no requirements/$extra.txt; known: $(ls requirements | sed 's/\.txt$//' | tr '\n' ' '))"
+    exit 2
+  fi
+  EXTRA_FILES+=("requirements/$extra.txt")
+done
 
 # Stamp: skip everything when requirements, set-up files and the mmcv kind
 # have not changed and the environment still imports.
 STAMP="$VENV/.fec_mm_setup_stamp"
-HASH=$({ echo "mmcv=$WANT"
+HASH=$({ echo "mmcv=$WANT extras=$EXTRAS"
          cat requirements.txt requirements-docs.txt setup.py pyproject.toml tools/setup_env.sh
+         [ ${#EXTRA_FILES[@]} -eq 0 ] || cat "${EXTRA_FILES[@]}"
          cat mmcv_lite_ops/pyproject.toml mmcv_lite_ops/mmcv/_ext.py
          cat fec_mm/ops/csrc/* 2>/dev/null || true; } | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] && [ "$HAVE" = "$WANT" ] \
@@ -126,6 +141,11 @@ log "installing pinned requirements"
 "${PIP[@]}" -r requirements.txt -c <(printf 'torch==%s\ntorchvision==%s\n' "$TORCH" "$TORCHVISION")
 log "installing the docs build's pinned requirements (make docs)"
 "${PIP[@]}" -r requirements-docs.txt -c <(printf 'torch==%s\ntorchvision==%s\n' "$TORCH" "$TORCHVISION")
+
+for file in "${EXTRA_FILES[@]}"; do
+  log "installing extra $file"
+  "${PIP[@]}" -r "$file" -c <(printf 'torch==%s\ntorchvision==%s\nnumpy<2\n' "$TORCH" "$TORCHVISION")
+done
 
 installed() { "$PY" -m pip show -q "$1" >/dev/null 2>&1; }
 if [ "$HAVE" != "$WANT" ]; then

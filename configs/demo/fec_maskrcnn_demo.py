@@ -54,8 +54,11 @@ param_scheduler = [
          milestones=[num_epochs - 1], gamma=0.2),
 ]
 train_cfg = dict(max_epochs=num_epochs, val_interval=num_epochs)
+# visualization: `tools/test.py --show-dir` draws every image (the library's
+# interval of 50 drew at most one of the small demo split); off otherwise.
 default_hooks = dict(logger=dict(interval=10),
-                     checkpoint=dict(interval=num_epochs, max_keep_ckpts=1))
+                     checkpoint=dict(interval=num_epochs, max_keep_ckpts=1),
+                     visualization=dict(interval=1))
 auto_scale_lr = dict(enable=False, base_batch_size=4)
 # Cluster maps (docs/user_guides/visualization.md) of the first two validation images
 # after every validation: vis_data/vis_image/cluster_maps_*.png, and the

@@ -47,8 +47,11 @@ param_scheduler = [
     dict(type='PolyLR', power=0.9, eta_min=0., begin=20, end=num_iters, by_epoch=False),
 ]
 train_cfg = dict(max_iters=num_iters, val_interval=num_iters)
+# visualization: `tools/test.py --show-dir` draws every image (the library's
+# interval of 50 drew at most one of the small demo split); off otherwise.
 default_hooks = dict(logger=dict(interval=10),
-                     checkpoint=dict(interval=num_iters, max_keep_ckpts=1))
+                     checkpoint=dict(interval=num_iters, max_keep_ckpts=1),
+                     visualization=dict(interval=1))
 auto_scale_lr = dict(enable=False, base_batch_size=4)
 # Cluster maps (docs/user_guides/visualization.md) of the first two validation images
 # after every validation: vis_data/vis_image/cluster_maps_*.png, and the

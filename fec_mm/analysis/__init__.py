@@ -6,6 +6,8 @@ Cluster quality (docs/user_guides/analysis.md, "Cluster quality"): ``segment_met
 partition against ground-truth segments), ``partitions`` (FEC's final
 clusters, grid, SLIC), ``segment_data`` (images and masks from mmdet/mmseg
 configs), ``cluster_quality`` (all together).
+Low precision (docs/notes/low_precision.md): ``low_precision`` (flipped
+assignments per layer under bf16/fp16 autocast vs float32).
 """
 from .flops import FlopCount, clustering_flops, config_flops, count_flops, register_flop_handles
 

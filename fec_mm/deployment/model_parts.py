@@ -50,12 +50,17 @@ def library_of(model: nn.Module) -> str:
 
 
 def build_model(config: str, checkpoint: Optional[str] = None,
-                cfg_options: Optional[dict] = None) -> nn.Module:
+                cfg_options: Optional[dict] = None, backbone_only: bool = False) -> nn.Module:
     """Build the config's model in eval mode, with the checkpoint's weights.
+
+    With ``backbone_only`` (``--part backbone``) only the backbone's weights
+    are checked and loaded: a checkpoint whose heads differ from the config's
+    (a fine-tuned classifier with other classes) exports its backbone.
 
     Raises:
         FileNotFoundError: The config or checkpoint file does not exist.
-        ValueError: The checkpoint's weights do not fit the model (see
+        ValueError: The checkpoint's weights (its backbone's, with
+            ``backbone_only``) do not fit the model (see
             :func:`fec_mm.engine.testing.check_checkpoint_fits`).
     """
     import importlib
@@ -80,7 +85,12 @@ def build_model(config: str, checkpoint: Optional[str] = None,
         model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
     # No pretrained download while exporting: the checkpoint has all weights.
     model = registry.MODELS.build(model_cfg)
-    if checkpoint is not None:
+    if checkpoint is not None and backbone_only and hasattr(model, 'backbone'):
+        check_checkpoint_fits(SimpleNamespace(model=model.backbone), checkpoint,
+                              prefix='backbone.')
+        load_checkpoint(model.backbone, checkpoint, map_location='cpu', strict=False,
+                        logger='current', revise_keys=[(r'^module\.', ''), (r'^backbone\.', '')])
+    elif checkpoint is not None:
         check_checkpoint_fits(SimpleNamespace(model=model), checkpoint)
         load_checkpoint(model, checkpoint, map_location='cpu', strict=False,
                         logger='current')

@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('checkpoint', nargs='?', help='checkpoint file (default: the '
                         "config's initial weights)")
     parser.add_argument('--shape', type=int, nargs=2, required=True, metavar=('H', 'W'),
-                        help='input height and width (multiples of the backbone\'s size '
-                        'divisor)')
+                        help='input height and width (any; with --dynamic-shape multiples '
+                        'of the backbone\'s size divisor)')
     parser.add_argument('--batch', type=int, default=1, help='batch size of the export')
     parser.add_argument('--part', choices=PARTS, default='auto',
                         help='what to export; auto: backbone+neck of mmdet detectors, the '
@@ -77,14 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_shape(shape: Sequence[int], batch: int, divisor: int) -> None:
-    """Raise ValueError unless H, W are positive multiples of ``divisor``."""
+def check_shape(shape: Sequence[int], batch: int, divisor: int,
+                dynamic_shape: bool = False) -> None:
+    """Raise ValueError unless H, W are positive (multiples of ``divisor`` for
+    a dynamic-shape export, whose graph has no padding step; a static export
+    of another size pads inside the backbone as PyTorch does)."""
     H, W = shape
     if batch < 1:
         raise ValueError(f'--batch must be >= 1, got {batch}')
-    if H < 1 or W < 1 or H % divisor or W % divisor:
-        raise ValueError(f'--shape {H} {W}: the backbone needs height and width that are '
-                         f'positive multiples of its size divisor {divisor}, e.g. '
+    if H < 1 or W < 1:
+        raise ValueError(f'--shape {H} {W}: height and width must be positive')
+    if dynamic_shape and (H % divisor or W % divisor):
+        raise ValueError(f'--shape {H} {W} --dynamic-shape: the backbone needs height and '
+                         f'width that are multiples of its size divisor {divisor}, e.g. '
                          f'{max(divisor, -(-H // divisor) * divisor)} '
                          f'{max(divisor, -(-W // divisor) * divisor)}')
 
@@ -125,10 +130,10 @@ def export_config(config: str, checkpoint: Optional[str], shape: Sequence[int], 
     # caller's random state is left as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(config, checkpoint, cfg_options)
+        model = build_model(config, checkpoint, cfg_options, backbone_only=part == 'backbone')
     module, part = export_part(model, part)
     divisor = size_divisor(module)
-    check_shape(shape, batch, divisor)
+    check_shape(shape, batch, divisor, dynamic_shape)
     if out is None:
         out = f'{osp.splitext(osp.basename(config))[0]}_{part}.onnx'
     replaced = check_output_file(out, 'output')

@@ -58,7 +58,8 @@ def build_test_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def check_checkpoint_fits(runner: Runner, filename: str, allow_other_shapes: bool = False) -> None:
+def check_checkpoint_fits(runner: Runner, filename: str, allow_other_shapes: bool = False,
+                          prefix: str = '') -> None:
     """Fail if the checkpoint's weights do not fit the runner's model.
 
     mmengine loads ``load_from`` non-strictly and only warns, which would
@@ -74,6 +75,9 @@ def check_checkpoint_fits(runner: Runner, filename: str, allow_other_shapes: boo
             an FEC or ContextCluster backbone, whole parts (neck, heads) are never optional
             unless :func:`fec_mm.models.whole_model.backbone_only_loading`
             is active (``load_from_backbone_only``).
+        prefix (str): Compare only the checkpoint's weights under this
+            prefix (stripped) with the model's, e.g. ``'backbone.'`` when
+            ``runner.model`` is a backbone. Default '' (all).
 
     Raises:
         FileNotFoundError, fec_mm.checkpoints.CheckpointError: The file is
@@ -83,6 +87,7 @@ def check_checkpoint_fits(runner: Runner, filename: str, allow_other_shapes: boo
     """
     checkpoint = load_checkpoint_file(filename, map_location='cpu')
     state_dict = {re.sub(r'^module\.', '', k): v for k, v in state_dict_of(checkpoint).items()}
+    state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     ours = bool(backbones_of(model))
     if ours:  # as the load will see it: the other family refused, the authors' files converted

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..ops import channel_mlp
 from .cluster_encoder import ClusterEncoder
+from .hooks import refuse_hooks
 
 
 class ChannelsLastMlp(nn.Module):
@@ -33,6 +34,10 @@ class ChannelsLastMlp(nn.Module):
     def forward(self, x: Tensor, scale: Optional[Tensor] = None) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W); ``scale`` (C,) multiplies the output
         through fc2's weights, so the scaled output is not saved for backward."""
+        if self.fused:
+            refuse_hooks(self, fc1=self.fc1, act=self.act, fc2=self.fc2)
+        else:
+            refuse_hooks(self, fc2=self.fc2)
         w2, b2 = self.fc2.weight, self.fc2.bias
         if scale is not None:
             w2, b2 = w2 * scale[:, None], b2 * scale
@@ -58,17 +63,19 @@ class ClusterBlock(nn.Module):
         ops_impl (str): Implementation of the clustering op.
         aggregation (str): Center update of the mixer: 'mean' (FEC) or
             'similarity' (Context Clusters).
+        fp32_assignments (bool): Under autocast, the mixer clusters in
+            float32. Default False.
     """
 
     def __init__(self, channels: int, heads: int, head_dim: int, mlp_ratio: int,
                  num_centers: int, fold: int, drop_path: float = 0.,
                  layer_scale_init: float = 1e-5, norm_cfg: dict = dict(type='GN', num_groups=1),
                  act_cfg: dict = dict(type='GELU'), ops_impl: str = 'auto',
-                 aggregation: str = 'mean') -> None:
+                 aggregation: str = 'mean', fp32_assignments: bool = False) -> None:
         super().__init__()
         self.norm1 = build_norm_layer(norm_cfg, channels)[1]
         self.token_mixer = ClusterEncoder(channels, heads, head_dim, num_centers, fold, ops_impl,
-                                          aggregation)
+                                          aggregation, fp32_assignments)
         self.norm2 = build_norm_layer(norm_cfg, channels)[1]
         self.mlp = ChannelsLastMlp(channels, mlp_ratio * channels, act_cfg, ops_impl)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

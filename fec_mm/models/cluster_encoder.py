@@ -1,6 +1,6 @@
 """Clustering-based feature encoding, the token mixer of FEC (docs/notes/design.md §2) and of
 Context Clusters (docs/notes/design.md §7)."""
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -8,7 +8,25 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops import center_pool, cluster_encode
+from .hooks import refuse_hooks
 from .region_partition import map_to_points, points_to_map
+
+
+def in_fp32(fn: Callable[[Tensor], Tensor], x: Tensor, enabled: bool) -> Tensor:
+    """``fn(x)``; with ``enabled`` while autocast is on for ``x``'s device,
+    with autocast off and ``x`` in float32.
+
+    A clustering layer runs its clustering through this: its 1×1
+    convolutions (f, v), the centers, the cosine similarities and the argmax
+    are then float32 computations on this input, so the assignments do not
+    flip from half-precision rounding (measured in docs/notes/low_precision.md);
+    everything else stays in the autocast dtype.
+    """
+    device = x.device.type
+    if enabled and torch.is_autocast_enabled(device):
+        with torch.autocast(device, enabled=False):
+            return fn(x.float())
+    return fn(x)
 
 
 class ClusterEncoder(nn.Module):
@@ -25,11 +43,15 @@ class ClusterEncoder(nn.Module):
             :func:`fec_mm.ops.cluster_encode`.
         aggregation (str): Center update: 'mean' (FEC) or 'similarity'
             (Context Clusters), see :func:`fec_mm.ops.cluster_encode`.
+        fp32_assignments (bool): Under autocast, cluster in float32 (see
+            :func:`in_fp32`). Default False.
     """
 
     def __init__(self, channels: int, heads: int, head_dim: int, num_centers: int,
-                 fold: int, ops_impl: str = 'auto', aggregation: str = 'mean') -> None:
+                 fold: int, ops_impl: str = 'auto', aggregation: str = 'mean',
+                 fp32_assignments: bool = False) -> None:
         super().__init__()
+        self.fp32_assignments = fp32_assignments
         self.heads = heads
         self.num_centers = num_centers
         self.fold = fold
@@ -50,6 +72,14 @@ class ClusterEncoder(nn.Module):
         ``scale`` (C,) multiplies the output through the projection's weights,
         so the scaled output is not saved for backward.
         """
+        refuse_hooks(self, proj=self.proj)
+        weight, bias = self.proj.weight, self.proj.bias
+        if scale is not None:
+            weight, bias = weight * scale[:, None, None, None], bias * scale
+        return F.conv2d(in_fp32(self._cluster, x, self.fp32_assignments), weight, bias)
+
+    def _cluster(self, x: Tensor) -> Tensor:
+        """Mixer steps 1-7 (docs/notes/design.md §2): (B, C, H, W) -> (B, h·d, H, W)."""
         points, layout = map_to_points(self.f(x), self.heads, self.fold)
         values, _ = map_to_points(self.v(x), self.heads, self.fold)
         _, _, d, _, h, w = layout
@@ -68,7 +98,4 @@ class ClusterEncoder(nn.Module):
                                              impl=self.ops_impl, return_assignment=True,
                                              aggregation=self.aggregation)
             self.recorder(self, 'encode', index, cos, layout, size)
-        weight, bias = self.proj.weight, self.proj.bias
-        if scale is not None:
-            weight, bias = weight * scale[:, None, None, None], bias * scale
-        return F.conv2d(points_to_map(out, layout), weight, bias)
+        return points_to_map(out, layout)

@@ -6,6 +6,7 @@ from mmcv.cnn import build_norm_layer
 from torch import Tensor
 
 from ..ops import cluster_pool
+from .cluster_encoder import in_fp32
 from .region_partition import map_to_points, points_to_map
 
 
@@ -23,11 +24,14 @@ class ClusterPooling(nn.Module):
         fold (int): Regions per side (the next stage's fold).
         norm_cfg (dict): Norm after the pooling.
         ops_impl (str): Implementation of the clustering op.
+        fp32_assignments (bool): Under autocast, cluster in float32
+            (:func:`~fec_mm.models.cluster_encoder.in_fp32`). Default False.
     """
 
     def __init__(self, in_channels: int, out_channels: int, fold: int,
-                 norm_cfg: dict, ops_impl: str = 'auto') -> None:
+                 norm_cfg: dict, ops_impl: str = 'auto', fp32_assignments: bool = False) -> None:
         super().__init__()
+        self.fp32_assignments = fp32_assignments
         self.fold = fold
         self.ops_impl = ops_impl
         self.conv_skip = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
@@ -40,6 +44,11 @@ class ClusterPooling(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_k, H, W) -> (B, C_{k+1}, H/2, W/2); H, W divisible by 2·fold."""
+        pooled = in_fp32(self._cluster, x, self.fp32_assignments)
+        return self.conv_skip(x) + self.norm(pooled)
+
+    def _cluster(self, x: Tensor) -> Tensor:
+        """The clustered half of the pooling: (B, C_k, H, W) -> (B, C_{k+1}, H/2, W/2)."""
         with torch.no_grad():
             points, layout = map_to_points(self.conv_f(x), 1, self.fold)
         values, _ = map_to_points(self.conv_v(x), 1, self.fold)
@@ -54,5 +63,4 @@ class ClusterPooling(nn.Module):
             pooled, index, cos = cluster_pool(points, values, centers, value_centers,
                                               impl=self.ops_impl, return_assignment=True)
             self.recorder(self, 'pool', index, cos, layout, (h // 2, w // 2))
-        pooled = points_to_map(pooled, (B, 1, d, fold, h // 2, w // 2))
-        return self.conv_skip(x) + self.norm(pooled)
+        return points_to_map(pooled, (B, 1, d, fold, h // 2, w // 2))

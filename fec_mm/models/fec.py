@@ -8,6 +8,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
@@ -40,6 +41,38 @@ class PointReducer(nn.Module):
         cols = torch.arange(W, device=x.device, dtype=x.dtype) / (W - 1) - 0.5
         pos = torch.stack(torch.meshgrid(rows, cols, indexing='ij'))
         return self.proj(torch.cat([x, pos.expand(B, -1, -1, -1)], dim=1))
+
+
+class FECStage(nn.Sequential):
+    """The cluster blocks of one stage, run as one module.
+
+    A ``Sequential`` of blocks (so state-dict keys stay
+    ``stages.{k}.{j}.*``) that FEC calls as a whole: hooks on
+    ``backbone.stages.{k}`` fire (Grad-CAM targets, feature extractors), and
+    gradient checkpointing of each block (``with_cp``) happens here.
+    """
+
+    def __init__(self, *blocks: nn.Module, with_cp: bool = False) -> None:
+        super().__init__(*blocks)
+        self.with_cp = with_cp
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self:
+            if self.with_cp and self.training and x.requires_grad:
+                x = cp.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+
+def pad_to_divisor(images: Tensor, divisor: int, value: float = 0.) -> Tensor:
+    """Pad (B, C, H, W) at the bottom and right to multiples of ``divisor``
+    (as mmengine's data preprocessors pad, after normalisation)."""
+    H, W = images.shape[-2:]
+    pad_h, pad_w = -H % divisor, -W % divisor
+    if pad_h or pad_w:
+        images = F.pad(images, (0, pad_w, 0, pad_h), value=value)
+    return images
 
 
 def _is_int(value) -> bool:
@@ -98,6 +131,12 @@ class FEC(BaseModule):
             are the plain PyTorch layers too; with any other value they run
             the chunked, memory-lean :func:`fec_mm.ops.channel_mlp`.
             Default 'auto'.
+        fp32_assignments (bool): Under autocast (bf16/fp16), compute every
+            clustering layer's features, similarities, argmax and aggregation
+            in float32, so the assignments do not flip from half-precision
+            rounding there (docs/notes/low_precision.md); the rest of the
+            model stays in the autocast dtype. No effect without autocast.
+            Default False.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...,
             prefix=None)`` loads our checkpoints and the authors' layout
             (see :func:`fec_mm.models.checkpoint.load_fec_checkpoint`);
@@ -139,6 +178,7 @@ class FEC(BaseModule):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  ops_impl: str = 'auto',
+                 fp32_assignments: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.arch_name = arch if isinstance(arch, str) else 'custom'
@@ -162,7 +202,6 @@ class FEC(BaseModule):
             raise ValueError(f'FEC: unknown ops_impl {ops_impl!r}; valid ones are {IMPLS}')
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        self.with_cp = with_cp
         self.in_channels = in_channels
         # Stages after the last requested output would hold unused parameters.
         self.num_stages = max(self.out_indices) + 1
@@ -176,17 +215,29 @@ class FEC(BaseModule):
         for k in range(self.num_stages):
             if k > 0:
                 self.cluster_poolings.append(ClusterPooling(
-                    widths[k - 1], widths[k], self.folds[k], norm_cfg, ops_impl))
+                    widths[k - 1], widths[k], self.folds[k], norm_cfg, ops_impl,
+                    fp32_assignments))
             first = sum(depths[:k])
-            self.stages.append(nn.Sequential(*[
+            self.stages.append(FECStage(*[
                 ClusterBlock(widths[k], self.arch['heads'][k], self.arch['head_dim'],
                              self.arch['mlp_ratios'][k], self.num_centers[k], self.folds[k],
-                             rates[first + j], layer_scale_init, norm_cfg, act_cfg, ops_impl)
-                for j in range(depths[k])]))
+                             rates[first + j], layer_scale_init, norm_cfg, act_cfg, ops_impl,
+                             fp32_assignments)
+                for j in range(depths[k])], with_cp=with_cp))
         for k in self.out_indices:
             self.add_module(f'norm{k}', build_norm_layer(norm_cfg, widths[k])[1])
         self.apply(self._init_default)
         self._freeze_stages()
+
+    @property
+    def with_cp(self) -> bool:
+        """Gradient checkpointing of each block (held by the stages)."""
+        return all(stage.with_cp for stage in self.stages)
+
+    @with_cp.setter
+    def with_cp(self, value: bool) -> None:
+        for stage in self.stages:
+            stage.with_cp = value
 
     def _parse_arch(self, arch: Union[str, dict]) -> dict:
         if isinstance(arch, str):
@@ -277,33 +328,36 @@ class FEC(BaseModule):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'FEC expects images of shape (B, {self.in_channels}, H, W), '
                              f'got {tuple(x.shape)}')
-        H, W = x.shape[-2:]
-        if H % self.size_divisor or W % self.size_divisor:
-            raise ValueError(
-                f'FEC needs input height and width divisible by {self.size_divisor} '
-                f'(4 strided stages and folds {self.folds}), got {H}x{W}. Pad the '
-                f'input, e.g. size_divisor={self.size_divisor} in the data preprocessor.')
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """Args:
-            x (Tensor): (B, in_channels, H, W), H and W divisible by
-                ``self.size_divisor``.
+            x (Tensor): (B, in_channels, H, W), any H and W.
+
+        Sizes that are not multiples of ``self.size_divisor`` (the 4 strided
+        stages times the folds) are padded with zeros at the bottom and right,
+        as a data preprocessor with ``pad_size_divisor`` would (so the result
+        is the same as padding first), and every output is cropped to the
+        stride-exact size: the model's outputs for H×W are those of the padded
+        input without the rows and columns that only see padding. Divisible
+        sizes run unchanged.
 
         Returns:
             tuple[Tensor]: for each index in ``out_indices``, the normed map of
-            that stage, (B, widths[k], H / 2^(k+2), W / 2^(k+2)).
+            that stage, (B, widths[k], ⌈H / 2^(k+2)⌉, ⌈W / 2^(k+2)⌉).
         """
         self._check_input(x)
-        x = self.patch_embed(x)
+        H, W = x.shape[-2:]
+        padded = bool(H % self.size_divisor or W % self.size_divisor)
+        x = self.patch_embed(pad_to_divisor(x, self.size_divisor))
         outs = []
         for k in range(self.num_stages):
             if k > 0:
                 x = self.cluster_poolings[k - 1](x)
-            for block in self.stages[k]:
-                if self.with_cp and self.training and x.requires_grad:
-                    x = cp.checkpoint(block, x, use_reentrant=False)
-                else:
-                    x = block(x)
+            x = self.stages[k](x)
             if k in self.out_indices:
-                outs.append(getattr(self, f'norm{k}')(x))
+                out = getattr(self, f'norm{k}')(x)
+                if padded:
+                    stride = 4 * 2**k
+                    out = out[..., :-(-H // stride), :-(-W // stride)]
+                outs.append(out)
         return tuple(outs)

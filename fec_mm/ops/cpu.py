@@ -38,6 +38,9 @@ def load_ext() -> Optional[ModuleType]:
     return _EXT
 
 
+# A constant for torch.compile: Dynamo calls it once while tracing instead of
+# tracing into the import (which is a graph break on every dispatch).
+@torch.compiler.assume_constant_result
 def is_available() -> bool:
     """Whether the compiled CPU kernels can be used."""
     return load_ext() is not None

@@ -109,9 +109,11 @@ def channel_mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
     if x.dim() != 4 or w1.shape[1] != x.shape[1] or w2.shape[1] != w1.shape[0]:
         raise ValueError(f'channel_mlp: x {tuple(x.shape)}, w1 {tuple(w1.shape)} and '
                          f'w2 {tuple(w2.shape)} do not chain as (B, C, H, W) -> C_hidden -> C_out')
-    # While exporting, the plain layers: the chunked Function's Python loops
-    # over images and pixel blocks would be unrolled for one fixed shape.
-    if impl == 'reference' or is_exporting():
+    # While exporting or compiling, the plain layers: the chunked Function's
+    # Python loops over images and pixel blocks would be unrolled for one fixed
+    # shape, and its `addmm(out=<strided block>)` is a graph break for Dynamo
+    # (Inductor fuses the plain layers itself and recomputes the GELU in backward).
+    if impl == 'reference' or is_exporting() or torch.compiler.is_compiling():
         return channel_mlp_reference(x, w1, b1, w2, b2)
     # Under autocast, run in the autocast dtype as nn.Linear would; the casts
     # stay outside the Function, so autograd returns gradients in each dtype.

@@ -13,6 +13,11 @@ mmengine's local backend, or TensorBoard) and logs the per-stage numbers,
 averaged over the images, with ``add_scalars`` under ``cluster_maps/``
 (in ``scalars.json`` these records come beside the validation metrics;
 :func:`fec_mm.datasets.demo_report.summarize_run` leaves them out).
+
+The backbone is found through model wrappers (DDP, FSDP) and test-time
+augmentation models (``DetTTAModel``, ``SegTTAModel``); on a model without
+an FEC backbone the hook logs a warning and does nothing (it never stops a
+run that would work without it).
 """
 from typing import Dict, List, Optional, Sequence
 
@@ -20,9 +25,11 @@ import numpy as np
 import torch
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
+from mmengine.logging import MMLogger
 from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop
+
+from ..models.unwrap import find_fec_backbone, unwrap_model
 
 SCALAR_PREFIX = 'cluster_maps/'
 SCALAR_KEYS = ('non_empty', 'effective', 'own_cell_share', 'fragmentation',
@@ -62,29 +69,34 @@ class ClusterMapHook(Hook):
                                    alpha=alpha)
         self.panel_px = panel_px
         self._validations = 0
+        self._active = True
 
     def before_run(self, runner) -> None:
-        """Fail at the start, not after the first validation, on a model
-        whose backbone is not FEC or options it cannot draw."""
-        self._check(runner.model.module if is_model_wrapper(runner.model) else runner.model)
+        """Step aside (with a warning) on a model without an FEC backbone;
+        fail at the start, not after the first validation, on options the
+        backbone cannot draw."""
+        self._active = self._check(unwrap_model(runner.model))
 
-    def _check(self, model) -> None:
-        from ..models.fec import FEC
+    def _check(self, model) -> bool:
+        """Whether ``model`` (unwrapped) can be drawn; raises on bad options."""
         from .contributions import linear_classifier_head
         from .views import check_options
-        backbone = getattr(model, 'backbone', None)
-        if not isinstance(backbone, FEC):
-            raise ValueError(f'ClusterMapHook: the model\'s backbone is '
-                             f'{type(backbone).__name__}, not FEC')
+        backbone = find_fec_backbone(model)
+        if backbone is None:
+            MMLogger.get_current_instance().warning(
+                f'ClusterMapHook: {type(model).__name__} has no FEC backbone (backbone: '
+                f'{type(getattr(model, "backbone", None)).__name__}); the hook draws nothing')
+            return False
         self.options.fc = linear_classifier_head(model)
         check_options(self.options, backbone.num_stages, backbone.arch['depths'],
                       backbone.arch['heads'])
+        return True
 
     def after_val_epoch(self, runner, metrics: Optional[Dict[str, float]] = None) -> None:
         self._validations += 1
-        if self._validations % self.interval or not is_main_process():
+        if not self._active or self._validations % self.interval or not is_main_process():
             return
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = unwrap_model(runner.model)
         dataset = runner.val_loop.dataloader.dataset
         # As mmengine's LoggerHook: epochs for epoch-based training, else iterations.
         by_epoch = isinstance(runner._train_loop, EpochBasedTrainLoop)
@@ -102,8 +114,7 @@ class ClusterMapHook(Hook):
 
         from .cluster_maps import cluster_maps
         from .views import draw_cluster_sheet, view_layers
-        self._check(model)
-        backbone = model.backbone
+        backbone = find_fec_backbone(model)
         reports = []
         for i in range(min(self.num_images, len(dataset))):
             data = dataset[i]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..models.assignments import AssignmentRecord, record_assignments
+from ..models.fec import pad_to_divisor
 from .trace import STEM_STRIDE, head_map_on_stem, stage_maps, to_pixels
 
 MERGE_FEATURES = ('pooled', 'final', 'conv_f')
@@ -149,16 +150,6 @@ def _as_batch(images: Tensor) -> Tensor:
     if images.dim() != 4:
         raise ValueError(f'cluster_maps: expected an image (C, H, W) or a batch (B, C, H, W), '
                          f'got shape {tuple(images.shape)}')
-    return images
-
-
-def pad_to_divisor(images: Tensor, divisor: int, value: float = 0.) -> Tensor:
-    """Pad (B, C, H, W) at the bottom and right to multiples of ``divisor``
-    (as mmengine's data preprocessors pad, after normalisation)."""
-    H, W = images.shape[-2:]
-    pad_h, pad_w = -H % divisor, -W % divisor
-    if pad_h or pad_w:
-        images = F.pad(images, (0, pad_w, 0, pad_h), value=value)
     return images
 
 
