@@ -222,7 +222,7 @@ class FEC(BaseModule):
                 ClusterBlock(widths[k], self.arch['heads'][k], self.arch['head_dim'],
                              self.arch['mlp_ratios'][k], self.num_centers[k], self.folds[k],
                              rates[first + j], layer_scale_init, norm_cfg, act_cfg, ops_impl,
-                             fp32_assignments)
+                             fp32_assignments=fp32_assignments)
                 for j in range(depths[k])], with_cp=with_cp))
         for k in self.out_indices:
             self.add_module(f'norm{k}', build_norm_layer(norm_cfg, widths[k])[1])
