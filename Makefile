@@ -6,18 +6,14 @@
 # a full mmcv it already has.
 PY := .venv/bin/python
 MMCV ?=
-# EXTRAS=tools: also the packaged tools' dependencies (requirements/tools.txt);
-# the tests use them, so `make test` installs them.
+# EXTRAS=tools,browser (what `make test` sets): the extras of tools/setup_env.sh
+# (requirements/<name>.txt; browser also installs Debian's chromium as root).
 EXTRAS ?=
-
-# TEST_BROWSER=1 (set by `make test`) adds the browser-test extra: Playwright
-# and, as root, Debian's chromium (apt-get), for the cluster explorer's tests.
-TEST_BROWSER ?= 0
 
 .PHONY: setup demo test lint docs
 
 setup:
-	MMCV=$(MMCV) TEST_BROWSER=$(TEST_BROWSER) EXTRAS=$(EXTRAS) bash tools/setup_env.sh
+	MMCV=$(MMCV) EXTRAS=$(EXTRAS) bash tools/setup_env.sh
 
 demo: setup
 	bash tools/demo.sh
@@ -30,7 +26,6 @@ lint: setup
 docs: setup
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
-test: TEST_BROWSER = 1
-test: EXTRAS = tools
+test: EXTRAS = tools,browser
 test: lint docs
 	$(PY) -m pytest -q

@@ -176,12 +176,12 @@ def test_bad_input_is_named_and_nothing_written(photos, tmp_path, capsys):
 
 def _browser_or_skip():
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f'no {CHROMIUM}: install Debian\'s chromium (TEST_BROWSER=1 bash '
-                    'tools/setup_env.sh, as root) to run the browser tests')
+        pytest.skip(f'no {CHROMIUM}: install Debian\'s chromium (make setup '
+                    'EXTRAS=browser, as root) to run the browser tests')
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip('playwright is not installed (TEST_BROWSER=1 bash tools/setup_env.sh)')
+        pytest.skip('playwright is not installed (make setup EXTRAS=browser)')
     return sync_playwright
 
 

@@ -12,14 +12,13 @@
 #         cached in ~/.cache/fec-mm/mmcv-2.1.0-torch-2.11.0/.
 #   unset keep the mmcv .venv has (a compiled mmcv stays), lite for a new one.
 #
-# TEST_BROWSER=1 (`make test` sets it) also installs the browser-test extra:
-# requirements-test-browser.txt (Playwright) and, when run as root with
-# apt-get, Debian's chromium; without root the browser tests are skipped.
-#
 # Extras (EXTRAS=name[,name], e.g. `make setup EXTRAS=tools`): also install
 # requirements/<name>.txt, pinned so that nothing of the stack moves.
-#   tools  what the libraries' packaged tools need (psutil, seaborn, grad-cam,
-#          openmim); `make test` installs it (its tests use them).
+# `make test` installs both (their tests use them).
+#   tools    what the libraries' packaged tools need (psutil, seaborn,
+#            grad-cam, openmim).
+#   browser  Playwright, and, when run as root with apt-get, Debian's chromium
+#            (the cluster explorer's browser tests; without root they skip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -40,16 +39,10 @@ if [ ! -x "$PY" ]; then
 fi
 PIP=("$PY" -m pip install --disable-pip-version-check -q)
 
-# The browser-test extra (TEST_BROWSER=1): idempotent, outside the stamp.
-install_test_browser() {
-  [ "${TEST_BROWSER:-0}" = 1 ] || return 0
-  local want
-  want=$(sed -n 's/^playwright==//p' requirements-test-browser.txt)
-  if ! "$PY" -c 'import importlib.metadata as m, sys; sys.exit(m.version("playwright") != sys.argv[1])' \
-       "$want" 2>/dev/null; then
-    log "installing the browser-test extra (playwright $want)"
-    "${PIP[@]}" -r requirements-test-browser.txt
-  fi
+# Debian's chromium for the browser extra: a system package, so checked on
+# every run (outside the stamp); installed only as root.
+install_chromium() {
+  case ",${EXTRAS:-}," in *,browser,*) ;; *) return 0 ;; esac
   if [ ! -x /usr/bin/chromium ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       log "installing Debian's chromium for the browser tests (apt-get)"
@@ -126,7 +119,7 @@ HASH=$({ echo "mmcv=$WANT extras=$EXTRAS"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] && [ "$HAVE" = "$WANT" ] \
    && [ "$STACK_OK" = 1 ]; then
   log "environment up to date (mmcv: $WANT)"
-  install_test_browser
+  install_chromium
   exit 0
 fi
 
@@ -185,5 +178,5 @@ if [ "$HAVE" != "$WANT" ]; then
   exit 1
 fi
 echo "$HASH" > "$STAMP"
-install_test_browser
+install_chromium
 log "done (mmcv: $WANT)"

@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         parser.error(f'--repeat must be >= 1, got {args.repeat}')
     if not os.path.exists(CHROMIUM):
         parser.error(f'{CHROMIUM} is missing: install Debian\'s chromium '
-                     '(TEST_BROWSER=1 bash tools/setup_env.sh, as root)')
+                     '(make setup EXTRAS=browser, as root)')
     torch.set_num_threads(1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
