@@ -116,11 +116,13 @@ def test_converter_output_loads_into_an_image_classifier(tmp_path):
     ref = reference_state_dict()
     torch.save({'model': ref}, path)
     convert_tool([str(path), str(converted)])
-    classifier = MODELS.build(dict(
-        type='ImageClassifier',
-        backbone=dict(type='FEC', arch='small', out_indices=(3,)),
-        neck=dict(type='GlobalAveragePooling'),
-        head=dict(type='LinearClsHead', num_classes=1000, in_channels=320)))
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmpretrain'):  # whatever earlier tests left
+        classifier = MODELS.build(dict(
+            type='ImageClassifier',
+            backbone=dict(type='FEC', arch='small', out_indices=(3,)),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='LinearClsHead', num_classes=1000, in_channels=320)))
     result = classifier.load_state_dict(torch.load(converted)['state_dict'], strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     assert torch.equal(classifier.head.fc.weight, ref['head.weight'])

@@ -14,7 +14,7 @@ maps such a file to fec-mm's whole-model names.
 """
 import re
 from collections import OrderedDict
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch.nn as nn
 from mmengine.logging import MMLogger
@@ -116,11 +116,12 @@ def convert_whole_model(state_dict: StateDict) -> Tuple[StateDict, Optional[str]
     return converted, layout
 
 
-def guess_fec_arch(state_dict: StateDict) -> Optional[str]:
-    """The FEC preset whose depths, widths and heads an (unprefixed, our
-    names) backbone state dict has: 'small', 'base', 'large', or a
-    description of what it holds; None when it holds no FEC stages."""
-    from .fec import FEC  # noqa: PLC0415 - fec imports this module
+def matching_presets(state_dict: StateDict,
+                     arch_settings: Dict[str, dict]) -> Tuple[List[str], str]:
+    """The presets of ``arch_settings`` (FEC's or ContextCluster's) whose
+    depths, widths and mixer channels an (unprefixed, our names) backbone
+    state dict has, and a description of what it holds ('' when it holds no
+    stages)."""
     depths, widths, dims = [], [], []
     for k in range(4):
         blocks = {int(m.group(1)) for key in state_dict
@@ -132,14 +133,22 @@ def guess_fec_arch(state_dict: StateDict) -> Optional[str]:
         widths.append(None if mixer is None else int(mixer.shape[1]))
         dims.append(None if mixer is None else int(mixer.shape[0]))
     if not depths:
-        return None
-    for name, arch in FEC.arch_settings.items():
-        n = len(depths)
-        if (tuple(depths) == tuple(arch['depths'][:n])
-                and tuple(widths) == tuple(arch['widths'][:n])
-                and tuple(dims) == tuple(h * arch['head_dim'] for h in arch['heads'][:n])):
-            return name
-    return f'depths {tuple(depths)}, widths {tuple(widths)}, mixer channels {tuple(dims)}'
+        return [], ''
+    n = len(depths)
+    names = [name for name, arch in arch_settings.items()
+             if (tuple(depths) == tuple(arch['depths'][:n])
+                 and tuple(widths) == tuple(arch['widths'][:n])
+                 and tuple(dims) == tuple(h * arch['head_dim'] for h in arch['heads'][:n]))]
+    return names, f'depths {tuple(depths)}, widths {tuple(widths)}, mixer channels {tuple(dims)}'
+
+
+def guess_fec_arch(state_dict: StateDict) -> Optional[str]:
+    """The FEC preset whose depths, widths and heads an (unprefixed, our
+    names) backbone state dict has: 'small', 'base', 'large', or a
+    description of what it holds; None when it holds no FEC stages."""
+    from .fec import FEC  # noqa: PLC0415 - fec imports this module
+    names, holds = matching_presets(state_dict, FEC.arch_settings)
+    return names[0] if names else (holds or None)
 
 
 def describe_fec_weights(state_dict: StateDict, prefix: str = '') -> str:

@@ -12,16 +12,14 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmengine.logging import MMLogger
-from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from torch import Tensor
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ops import IMPLS
 from .checkpoint import read_state_dict
+from .cluster_backbone import ClusterBackbone, ClusterStage
 from .cluster_block import ClusterBlock
 from .coc_checkpoint import check_family, convert_coc_state_dict, is_coc_reference_layout
 from .fec import FEC, NUM_STAGES, IntOrSeq, PointReducer, _per_stage
@@ -30,7 +28,7 @@ _NAME = 'ContextCluster'
 
 
 @MODELS.register_module()
-class ContextCluster(BaseModule):
+class ContextCluster(ClusterBackbone):
     """Context Clusters backbone.
 
     Registered in ``mmengine.registry.MODELS`` like :class:`~fec_mm.models.FEC`,
@@ -77,6 +75,7 @@ class ContextCluster(BaseModule):
     ``layer_scale_init``, α = 1, β = 0.
     """
 
+    transitions = 'downsamples'
     arch_settings: Dict[str, dict] = {
         'tiny': dict(depths=(3, 4, 5, 2), widths=(32, 64, 196, 320), heads=(4, 4, 8, 8),
                      head_dim=24, num_centers=2, folds=(8, 4, 2, 1)),
@@ -122,7 +121,6 @@ class ContextCluster(BaseModule):
             raise ValueError(f'{_NAME}: unknown ops_impl {ops_impl!r}; valid ones are {IMPLS}')
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        self.with_cp = with_cp
         self.in_channels = in_channels
         self.num_stages = max(self.out_indices) + 1
         # Stage k's map is (H/4)/2^k; its fold must divide it (docs/notes/design.md §7).
@@ -139,12 +137,12 @@ class ContextCluster(BaseModule):
                 self.downsamples.append(nn.Conv2d(widths[k - 1], widths[k], 3, stride=2,
                                                   padding=1))
             first = sum(depths[:k])
-            self.stages.append(nn.Sequential(*[
+            self.stages.append(ClusterStage(*[
                 ClusterBlock(widths[k], self.arch['heads'][k], self.arch['head_dim'],
                              self.arch['mlp_ratios'][k], self.num_centers[k], self.folds[k],
                              rates[first + j], layer_scale_init, norm_cfg, act_cfg, ops_impl,
                              aggregation='similarity')
-                for j in range(depths[k])]))
+                for j in range(depths[k])], with_cp=with_cp))
         for k in self.out_indices:
             self.add_module(f'norm{k}', build_norm_layer(norm_cfg, widths[k])[1])
         self.apply(FEC._init_default)
@@ -237,30 +235,6 @@ class ContextCluster(BaseModule):
                              f'{len(bad)} tensors have other shapes (checkpoint vs model), '
                              f'e.g. {bad[:3]}; a checkpoint of another arch?')
 
-    def _freeze_stages(self) -> None:
-        if self.frozen_stages < 0:
-            return
-        frozen = [self.patch_embed]
-        for k in range(min(self.frozen_stages + 1, self.num_stages)):
-            frozen.append(self.stages[k])
-            if k > 0:
-                frozen.append(self.downsamples[k - 1])
-            if k in self.out_indices:
-                frozen.append(getattr(self, f'norm{k}'))
-        for module in frozen:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def train(self, mode: bool = True) -> 'ContextCluster':
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
-
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'{_NAME} expects images of shape (B, {self.in_channels}, H, W), '
@@ -290,11 +264,7 @@ class ContextCluster(BaseModule):
         for k in range(self.num_stages):
             if k > 0:
                 x = self.downsamples[k - 1](x)
-            for block in self.stages[k]:
-                if self.with_cp and self.training and x.requires_grad:
-                    x = cp.checkpoint(block, x, use_reentrant=False)
-                else:
-                    x = block(x)
+            x = self.stages[k](x)
             if k in self.out_indices:
                 outs.append(getattr(self, f'norm{k}')(x))
         return tuple(outs)

@@ -8,7 +8,6 @@ and :func:`fec_mm.engine.testing.check_checkpoint_fits` (``tools/test.py``,
 ``load_from``, ``--resume``) go through :func:`backbones_of`,
 :func:`convert_authors_whole_model` and :func:`check_backbones_fit`.
 """
-import re
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
@@ -22,6 +21,7 @@ from .checkpoint import (
     check_weights_fit,
     convert_whole_model,
     describe_fec_weights,
+    matching_presets,
 )
 from .coc_checkpoint import (
     check_family,
@@ -104,32 +104,8 @@ def convert_coc_whole_model(state_dict: StateDict) -> Tuple[StateDict, Optional[
     return converted, layout, reshaped
 
 
-def _arch_names(state_dict: StateDict, arch_settings: Dict[str, dict]) -> Tuple[List[str], str]:
-    """The presets whose depths, widths and mixer channels an (unprefixed,
-    our names) backbone state dict has, and a description of what it holds
-    ('' when it holds no stages)."""
-    depths, widths, dims = [], [], []
-    for k in range(4):
-        blocks = {int(m.group(1)) for key in state_dict
-                  if (m := re.match(rf'^stages\.{k}\.(\d+)\.', key))}
-        if not blocks:
-            break
-        depths.append(max(blocks) + 1)
-        mixer = state_dict.get(f'stages.{k}.0.token_mixer.f.weight')
-        widths.append(None if mixer is None else int(mixer.shape[1]))
-        dims.append(None if mixer is None else int(mixer.shape[0]))
-    if not depths:
-        return [], ''
-    n = len(depths)
-    names = [name for name, arch in arch_settings.items()
-             if (tuple(depths) == tuple(arch['depths'][:n])
-                 and tuple(widths) == tuple(arch['widths'][:n])
-                 and tuple(dims) == tuple(h * arch['head_dim'] for h in arch['heads'][:n]))]
-    return names, f'depths {tuple(depths)}, widths {tuple(widths)}, mixer channels {tuple(dims)}'
-
-
 def _describe_coc(state_dict: StateDict, prefix: str = '') -> str:
-    names, holds = _arch_names({k[len(prefix):]: v for k, v in state_dict.items()
+    names, holds = matching_presets({k[len(prefix):]: v for k, v in state_dict.items()
                                 if k.startswith(prefix)}, ContextCluster.arch_settings)
     if names:
         archs = ' or '.join(f"'{n}'" for n in names)  # tiny / tiny_plain: same weights

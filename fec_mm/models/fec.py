@@ -9,16 +9,14 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
-from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 from torch import Tensor
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ops import IMPLS
 from .checkpoint import check_weights_fit, load_fec_checkpoint
+from .cluster_backbone import ClusterBackbone, ClusterStage
 from .cluster_block import ClusterBlock
 from .cluster_pooling import ClusterPooling
 from .coc_checkpoint import check_family
@@ -41,28 +39,6 @@ class PointReducer(nn.Module):
         cols = torch.arange(W, device=x.device, dtype=x.dtype) / (W - 1) - 0.5
         pos = torch.stack(torch.meshgrid(rows, cols, indexing='ij'))
         return self.proj(torch.cat([x, pos.expand(B, -1, -1, -1)], dim=1))
-
-
-class FECStage(nn.Sequential):
-    """The cluster blocks of one stage, run as one module.
-
-    A ``Sequential`` of blocks (so state-dict keys stay
-    ``stages.{k}.{j}.*``) that FEC calls as a whole: hooks on
-    ``backbone.stages.{k}`` fire (Grad-CAM targets, feature extractors), and
-    gradient checkpointing of each block (``with_cp``) happens here.
-    """
-
-    def __init__(self, *blocks: nn.Module, with_cp: bool = False) -> None:
-        super().__init__(*blocks)
-        self.with_cp = with_cp
-
-    def forward(self, x: Tensor) -> Tensor:
-        for block in self:
-            if self.with_cp and self.training and x.requires_grad:
-                x = cp.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
 
 
 def pad_to_divisor(images: Tensor, divisor: int, value: float = 0.) -> Tensor:
@@ -93,7 +69,7 @@ def _per_stage(name: str, value: IntOrSeq, owner: str = 'FEC') -> Tuple[int, ...
 
 
 @MODELS.register_module()
-class FEC(BaseModule):
+class FEC(ClusterBackbone):
     """FEC backbone.
 
     Registered in ``mmengine.registry.MODELS``, which the registries of
@@ -154,6 +130,7 @@ class FEC(BaseModule):
     scales at ``layer_scale_init``; the mixers' α at 1 and β at 0.
     """
 
+    transitions = 'cluster_poolings'
     arch_settings: Dict[str, dict] = {
         'small': dict(depths=(3, 4, 5, 2), widths=(32, 64, 196, 320),
                       heads=(4, 4, 8, 8), head_dim=24),
@@ -218,7 +195,7 @@ class FEC(BaseModule):
                     widths[k - 1], widths[k], self.folds[k], norm_cfg, ops_impl,
                     fp32_assignments))
             first = sum(depths[:k])
-            self.stages.append(FECStage(*[
+            self.stages.append(ClusterStage(*[
                 ClusterBlock(widths[k], self.arch['heads'][k], self.arch['head_dim'],
                              self.arch['mlp_ratios'][k], self.num_centers[k], self.folds[k],
                              rates[first + j], layer_scale_init, norm_cfg, act_cfg, ops_impl,
@@ -228,16 +205,6 @@ class FEC(BaseModule):
             self.add_module(f'norm{k}', build_norm_layer(norm_cfg, widths[k])[1])
         self.apply(self._init_default)
         self._freeze_stages()
-
-    @property
-    def with_cp(self) -> bool:
-        """Gradient checkpointing of each block (held by the stages)."""
-        return all(stage.with_cp for stage in self.stages)
-
-    @with_cp.setter
-    def with_cp(self, value: bool) -> None:
-        for stage in self.stages:
-            stage.with_cp = value
 
     def _parse_arch(self, arch: Union[str, dict]) -> dict:
         if isinstance(arch, str):
@@ -289,30 +256,6 @@ class FEC(BaseModule):
             self._is_init = True
             return
         super().init_weights()
-
-    def _freeze_stages(self) -> None:
-        if self.frozen_stages < 0:
-            return
-        frozen = [self.patch_embed]
-        for k in range(min(self.frozen_stages + 1, self.num_stages)):
-            frozen.append(self.stages[k])
-            if k > 0:
-                frozen.append(self.cluster_poolings[k - 1])
-            if k in self.out_indices:
-                frozen.append(getattr(self, f'norm{k}'))
-        for module in frozen:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def train(self, mode: bool = True) -> 'FEC':
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs) -> None:
