@@ -37,13 +37,23 @@ def is_reference_layout(state_dict: StateDict) -> bool:
     return any(key.startswith('network.') for key in state_dict)
 
 
-def convert_reference_key(key: str) -> str:
-    """Map one key of the authors' layout to ours (unknown keys unchanged)."""
+def convert_reference_key(key: str, family: str = 'FEC') -> str:
+    """Map one key of the authors' layout to ours (unknown keys unchanged).
+
+    Both families' authors name the stages ``network.{0,2,4,6}``; the layers
+    between them, ``network.{1,3,5}``, are FEC's cluster poolings
+    (``cluster_poolings.*``, their ``norm2`` our ``norm``) or, with
+    ``family='ContextCluster'``, CoC's 3×3 stride-2 convolutions
+    (``network.*.proj`` becomes ``downsamples.*``).
+    """
     match = re.match(r'^network\.(\d+)\.(.*)$', key)
     if match:
         index, rest = int(match.group(1)), match.group(2)
         if index % 2 == 0:
             return f'stages.{index // 2}.{rest}'
+        if family == 'ContextCluster':
+            rest = rest[len('proj.'):] if rest.startswith('proj.') else rest
+            return f'downsamples.{index // 2}.{rest}'
         rest = re.sub(r'^norm2\.', 'norm.', rest)
         return f'cluster_poolings.{index // 2}.{rest}'
     match = re.match(r'^norm([0246])\.(.*)$', key)

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Tuple
 from torch import Tensor
 
 from ..checkpoints.safe_load import last_read_file
+from .checkpoint import convert_reference_key
 
 StateDict = Dict[str, Tensor]
 
@@ -76,25 +77,6 @@ def check_family(model_type: str, keys, source: str = '') -> None:
         f"use backbone=dict(type='{family}', ...) for this file.")
 
 
-def convert_coc_key(key: str) -> str:
-    """One key of the authors' layout in our names (unknown keys unchanged)."""
-    match = re.match(r'^network\.(\d+)\.(.*)$', key)
-    if match:
-        index, rest = int(match.group(1)), match.group(2)
-        if index % 2 == 0:
-            return f'stages.{index // 2}.{rest}'
-        rest = rest[len('proj.'):] if rest.startswith('proj.') else rest
-        return f'downsamples.{index // 2}.{rest}'
-    match = re.match(r'^norm([0246])\.(.*)$', key)
-    if match:
-        return f'norm{int(match.group(1)) // 2}.{match.group(2)}'
-    if key.startswith('norm.'):
-        return 'norm3.' + key[len('norm.'):]
-    if key.startswith('head.'):
-        return 'head.fc.' + key[len('head.'):]
-    return key
-
-
 def convert_coc_state_dict(state_dict: StateDict,
                            prefix: str = '') -> Tuple[StateDict, List[str]]:
     """Convert the authors' CoC keys under ``prefix`` to ours; other keys stay.
@@ -108,7 +90,7 @@ def convert_coc_state_dict(state_dict: StateDict,
     reshaped = []
     for key, value in state_dict.items():
         if key.startswith(prefix):
-            key = prefix + convert_coc_key(key[len(prefix):])
+            key = prefix + convert_reference_key(key[len(prefix):], 'ContextCluster')
             if _MLP_CONV.match(key[len(prefix):]) and value.dim() == 4:
                 value = value.reshape(value.shape[0], value.shape[1])
                 reshaped.append(key)

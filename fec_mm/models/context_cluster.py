@@ -17,12 +17,11 @@ from mmengine.logging import MMLogger
 from mmengine.registry import MODELS
 from torch import Tensor
 
-from ..ops import IMPLS
 from .checkpoint import read_state_dict
-from .cluster_backbone import ClusterBackbone, ClusterStage
+from .cluster_backbone import ClusterBackbone, ClusterStage, IntOrSeq, _per_stage
 from .cluster_block import ClusterBlock
 from .coc_checkpoint import check_family, convert_coc_state_dict, is_coc_reference_layout
-from .fec import FEC, NUM_STAGES, IntOrSeq, PointReducer, _per_stage
+from .fec import PointReducer
 
 _NAME = 'ContextCluster'
 
@@ -86,7 +85,7 @@ class ContextCluster(ClusterBackbone):
         'medium': dict(depths=(4, 4, 12, 4), widths=(64, 128, 320, 512),
                        heads=(6, 6, 12, 12), head_dim=32, num_centers=2, folds=(8, 4, 2, 1)),
     }
-    default_mlp_ratios = (8, 8, 4, 4)
+    arch_defaults = dict(mlp_ratios=(8, 8, 4, 4), num_centers=2, folds=1)
 
     def __init__(self,
                  arch: Union[str, dict] = 'small',
@@ -106,19 +105,11 @@ class ContextCluster(ClusterBackbone):
         super().__init__(init_cfg=init_cfg)
         self.arch_name = arch if isinstance(arch, str) else 'custom'
         self.arch = self._parse_arch(arch)
-        if (isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float))
-                or not 0 <= drop_path_rate < 1):
-            raise ValueError(f'{_NAME}: drop_path_rate must be in [0, 1), got '
-                             f'{drop_path_rate!r}')
+        self._check_common(drop_path_rate, layer_scale_init, frozen_stages, ops_impl)
         self.num_centers = _per_stage('num_centers', self.arch['num_centers']
                                       if num_centers is None else num_centers, _NAME)
         self.folds = _per_stage('folds', self.arch['folds'] if folds is None else folds, _NAME)
-        self.out_indices = FEC._parse_out_indices(out_indices, _NAME)
-        if not -1 <= frozen_stages < NUM_STAGES:
-            raise ValueError(f'{_NAME}: frozen_stages must be in [-1, {NUM_STAGES - 1}], '
-                             f'got {frozen_stages}')
-        if ops_impl not in IMPLS:
-            raise ValueError(f'{_NAME}: unknown ops_impl {ops_impl!r}; valid ones are {IMPLS}')
+        self.out_indices = self._parse_out_indices(out_indices)
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.in_channels = in_channels
@@ -145,28 +136,8 @@ class ContextCluster(ClusterBackbone):
                 for j in range(depths[k])], with_cp=with_cp))
         for k in self.out_indices:
             self.add_module(f'norm{k}', build_norm_layer(norm_cfg, widths[k])[1])
-        self.apply(FEC._init_default)
+        self.apply(self._init_default)
         self._freeze_stages()
-
-    def _parse_arch(self, arch: Union[str, dict]) -> dict:
-        if isinstance(arch, str):
-            if arch not in self.arch_settings:
-                raise ValueError(f'{_NAME}: unknown arch {arch!r}; valid ones are '
-                                 f'{sorted(self.arch_settings)} or a dict with keys '
-                                 'depths, widths, heads, head_dim')
-            arch = self.arch_settings[arch]
-        if not isinstance(arch, dict):
-            raise TypeError(f'{_NAME}: arch must be a str or dict, got {type(arch).__name__}')
-        missing = {'depths', 'widths', 'heads', 'head_dim'} - set(arch)
-        if missing:
-            raise ValueError(f'{_NAME}: custom arch misses {sorted(missing)}')
-        arch = dict(arch)
-        arch.setdefault('mlp_ratios', self.default_mlp_ratios)
-        arch.setdefault('num_centers', 2)
-        arch.setdefault('folds', 1)
-        for key in ('depths', 'widths', 'heads', 'mlp_ratios'):
-            arch[key] = _per_stage(f'arch[{key!r}]', arch[key], _NAME)
-        return arch
 
     def init_weights(self) -> None:
         """Load ``init_cfg=dict(type='Pretrained', ...)`` (our files and the
@@ -236,9 +207,7 @@ class ContextCluster(ClusterBackbone):
                              f'e.g. {bad[:3]}; a checkpoint of another arch?')
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f'{_NAME} expects images of shape (B, {self.in_channels}, H, W), '
-                             f'got {tuple(x.shape)}')
+        super()._check_input(x)
         H, W = x.shape[-2:]
         if H % self.size_divisor or W % self.size_divisor:
             pad = (-H % self.size_divisor, -W % self.size_divisor)

@@ -19,6 +19,7 @@ from ..checkpoints.safe_load import last_read_file
 from .checkpoint import (
     AUTHORS_CLASSIFIER,
     check_weights_fit,
+    convert_reference_key,
     convert_whole_model,
     describe_fec_weights,
     matching_presets,
@@ -26,7 +27,6 @@ from .checkpoint import (
 from .coc_checkpoint import (
     check_family,
     checkpoint_family,
-    convert_coc_key,
     convert_coc_state_dict,
     is_coc_reference_layout,
 )
@@ -71,7 +71,7 @@ def convert_coc_whole_model(state_dict: StateDict) -> Tuple[StateDict, Optional[
 
     Classification (timm: ``network.*``, ``patch_embed``, ``norm``, ``head``
     at the top level): the backbone goes under ``backbone.``
-    (:func:`~fec_mm.models.coc_checkpoint.convert_coc_key`, ``norm`` becomes
+    (:func:`~fec_mm.models.checkpoint.convert_reference_key`, ``norm`` becomes
     ``norm3``), ``head.*`` becomes mmpretrain's ``head.fc.*``. Mask R-CNN /
     Semantic FPN (mmdet 2.24 / mmseg 0.24: ``backbone.network.*``,
     ``backbone.norm{0,2,4,6}``): the backbone keys are converted, neck and
@@ -96,7 +96,8 @@ def convert_coc_whole_model(state_dict: StateDict) -> Tuple[StateDict, Optional[
         return state_dict, None, []
     converted, reshaped = convert_coc_state_dict(staged, AUTHORS_PREFIX)
     if len(converted) != len(staged):
-        names = Counter(AUTHORS_PREFIX + convert_coc_key(k[len(AUTHORS_PREFIX):])
+        names = Counter(AUTHORS_PREFIX + convert_reference_key(k[len(AUTHORS_PREFIX):],
+                                                               'ContextCluster')
                         if k.startswith(AUTHORS_PREFIX) else k for k in staged)
         twice = [k for k, n in names.items() if n > 1]
         raise ValueError(f"the authors' Context Clusters layout maps two keys to {twice[0]}: "

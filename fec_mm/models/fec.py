@@ -4,25 +4,20 @@
 One backbone class for every size and task; see ``docs/notes/design.md``.
 """
 import math
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
-from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 from torch import Tensor
 
-from ..ops import IMPLS
 from .checkpoint import check_weights_fit, load_fec_checkpoint
-from .cluster_backbone import ClusterBackbone, ClusterStage
+from .cluster_backbone import ClusterBackbone, ClusterStage, IntOrSeq, _per_stage
 from .cluster_block import ClusterBlock
 from .cluster_pooling import ClusterPooling
 from .coc_checkpoint import check_family
-
-NUM_STAGES = 4
-IntOrSeq = Union[int, Sequence[int]]
 
 
 class PointReducer(nn.Module):
@@ -49,23 +44,6 @@ def pad_to_divisor(images: Tensor, divisor: int, value: float = 0.) -> Tensor:
     if pad_h or pad_w:
         images = F.pad(images, (0, pad_w, 0, pad_h), value=value)
     return images
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _per_stage(name: str, value: IntOrSeq, owner: str = 'FEC') -> Tuple[int, ...]:
-    if _is_int(value):
-        values = (value,) * NUM_STAGES
-    elif isinstance(value, (list, tuple)):
-        values = tuple(value)
-    else:
-        values = ()
-    if len(values) != NUM_STAGES or not all(_is_int(v) and v > 0 for v in values):
-        raise ValueError(f'{owner}: {name} must be a positive int or {NUM_STAGES} positive ints '
-                         f'(one per stage), got {value!r}')
-    return values
 
 
 @MODELS.register_module()
@@ -139,7 +117,6 @@ class FEC(ClusterBackbone):
         'large': dict(depths=(4, 4, 12, 4), widths=(64, 128, 320, 512),
                       heads=(6, 6, 12, 12), head_dim=32),
     }
-    default_mlp_ratios = (8, 8, 4, 4)
 
     def __init__(self,
                  arch: Union[str, dict] = 'small',
@@ -160,23 +137,10 @@ class FEC(ClusterBackbone):
         super().__init__(init_cfg=init_cfg)
         self.arch_name = arch if isinstance(arch, str) else 'custom'
         self.arch = self._parse_arch(arch)
-        if (isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float))
-                or not 0 <= drop_path_rate < 1):
-            raise ValueError(f'FEC: drop_path_rate must be in [0, 1), got {drop_path_rate!r} '
-                             '(1 drops every residual branch, so no block would learn)')
-        if (isinstance(layer_scale_init, bool) or not isinstance(layer_scale_init, (int, float))
-                or not math.isfinite(layer_scale_init)):
-            raise ValueError(f'FEC: layer_scale_init must be a finite number, got '
-                             f'{layer_scale_init!r} (a non-finite scale makes every feature '
-                             'NaN or infinite)')
-        self.num_centers = _per_stage('num_centers', num_centers)
-        self.folds = _per_stage('folds', folds)
+        self._check_common(drop_path_rate, layer_scale_init, frozen_stages, ops_impl)
+        self.num_centers = _per_stage('num_centers', num_centers, 'FEC')
+        self.folds = _per_stage('folds', folds, 'FEC')
         self.out_indices = self._parse_out_indices(out_indices)
-        if not -1 <= frozen_stages < NUM_STAGES:
-            raise ValueError(f'FEC: frozen_stages must be in [-1, {NUM_STAGES - 1}], '
-                             f'got {frozen_stages}')
-        if ops_impl not in IMPLS:
-            raise ValueError(f'FEC: unknown ops_impl {ops_impl!r}; valid ones are {IMPLS}')
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.in_channels = in_channels
@@ -206,47 +170,6 @@ class FEC(ClusterBackbone):
         self.apply(self._init_default)
         self._freeze_stages()
 
-    def _parse_arch(self, arch: Union[str, dict]) -> dict:
-        if isinstance(arch, str):
-            if arch not in self.arch_settings:
-                raise ValueError(f'FEC: unknown arch {arch!r}; valid ones are '
-                                 f'{sorted(self.arch_settings)} or a dict with keys '
-                                 'depths, widths, heads, head_dim')
-            arch = self.arch_settings[arch]
-        if not isinstance(arch, dict):
-            raise TypeError(f'FEC: arch must be a str or dict, got {type(arch).__name__}')
-        missing = {'depths', 'widths', 'heads', 'head_dim'} - set(arch)
-        if missing:
-            raise ValueError(f'FEC: custom arch misses {sorted(missing)}')
-        arch = dict(arch)
-        arch.setdefault('mlp_ratios', self.default_mlp_ratios)
-        for key in ('depths', 'widths', 'heads', 'mlp_ratios'):
-            arch[key] = _per_stage(f'arch[{key!r}]', arch[key])
-        return arch
-
-    @staticmethod
-    def _parse_out_indices(out_indices: IntOrSeq, owner: str = 'FEC') -> Tuple[int, ...]:
-        out_indices = (out_indices,) if isinstance(out_indices, int) else tuple(out_indices)
-        if not out_indices:
-            raise ValueError(f'{owner}: out_indices is empty')
-        parsed = []
-        for i in out_indices:
-            if not -NUM_STAGES <= i < NUM_STAGES:
-                raise ValueError(f'{owner}: out_indices must be in [-{NUM_STAGES}, '
-                                 f'{NUM_STAGES - 1}], got {i}')
-            parsed.append(i % NUM_STAGES)
-        return tuple(sorted(set(parsed)))
-
-    @staticmethod
-    def _init_default(m: nn.Module) -> None:
-        # The authors' recipe (docs/notes/design.md §2, "Initialisation"): linears only;
-        # every Conv2d keeps PyTorch's default, which the never-trained
-        # pooling conv_f then keeps for the life of the model.
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
     def init_weights(self) -> None:
         """Load ``init_cfg=dict(type='Pretrained', ...)`` through the FEC
         loader (authors' layout, key report); other init_cfgs as mmengine."""
@@ -266,11 +189,6 @@ class FEC(ClusterBackbone):
         check_weights_fit(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-
-    def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f'FEC expects images of shape (B, {self.in_channels}, H, W), '
-                             f'got {tuple(x.shape)}')
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """Args:
