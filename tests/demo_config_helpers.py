@@ -1,6 +1,7 @@
 """Helpers of the config tests: load configs, point demo configs at a demo
 data folder made by the test, build models the way mmengine's Runner does."""
 import importlib
+import uuid
 from pathlib import Path
 from typing import Any, Iterator, List
 
@@ -54,8 +55,17 @@ def _replace_root(node: Any, old: str, new: str) -> Any:
 
 
 def load_demo_config(path: Path, data_root: Path) -> Config:
-    """A demo config whose every ``data/demo`` path points at ``data_root``."""
+    """A demo config whose every ``data/demo`` path points at ``data_root``,
+    with a visualizer of its own.
+
+    The libraries' base configs name the visualizer ``'visualizer'``, and
+    mmengine hands a later Runner in the same process the instance of that
+    name an earlier one made, with the earlier run's ``save_dir``: the scalar
+    log would then go to another test's folder.
+    """
     cfg = Config.fromfile(str(path))
+    if 'visualizer' in cfg:
+        cfg.visualizer.name = f'{path.stem}-{uuid.uuid4().hex}'
     for key in ('train_dataloader', 'val_dataloader', 'test_dataloader',
                 'val_evaluator', 'test_evaluator'):
         if key in cfg:

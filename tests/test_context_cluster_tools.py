@@ -36,12 +36,16 @@ def test_coc_demo_configs_train_and_the_loss_falls(name, demo_root, tmp_path):
     batch = next(iter(runner.build_dataloader(cfg.train_dataloader)))
     before = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
     model.train()
+    torch.manual_seed(0)  # the RPN and RoI samplers draw from torch's generator
     losses = []
-    for _ in range(6):
+    for _ in range(8):
         log_vars = model.train_step(batch, optim_wrapper)
         losses.append(float(log_vars['loss']))
     assert all(math.isfinite(v) for v in losses)
-    assert losses[-1] < 0.9 * losses[0], losses
+    # Mask R-CNN's loss of one step depends on which proposals were sampled
+    # (one run on another CPU: 3.42, 4.54, 2.49, 2.70, 2.46, 3.26): the last
+    # steps on average, not the last one, must be well below the first.
+    assert sum(losses[-3:]) / 3 < 0.85 * losses[0], losses
     moved = [n for n, p in model.backbone.named_parameters() if not torch.equal(p, before[n])]
     assert len(moved) > 0.9 * len(before)
 

@@ -129,8 +129,14 @@ def fec_load_state_dict(original: Callable) -> Callable:
     FEC or ContextCluster backbone."""
 
     def load_state_dict(module, state_dict, strict=False, logger=None):
-        from mmengine.model import is_model_wrapper
-        model = module.module if is_model_wrapper(module) else module
+        from mmengine.model import BaseTTAModel, is_model_wrapper
+
+        # Unwrapped as mmengine's load_state_dict unwraps: DDP and the other
+        # wrappers, and TTA models (DetTTAModel, SegTTAModel), whose
+        # ``module`` takes the file's keys.
+        model = module
+        while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+            model = model.module
         if not fec_prefixes(model):
             return original(module, state_dict, strict, logger)
         source = _describe_source()
