@@ -177,9 +177,11 @@ def _random_detection_batch(size: Tuple[int, int], num_classes: int, device: str
 
 
 def amp_train_step(config: str, size: Tuple[int, int] = (800, 1344), steps: int = 2,
-                   device: str = 'cuda') -> dict:
+                   device: str = 'cuda', amp: bool = True) -> dict:
     """``steps`` AMP training steps (mmengine's ``AmpOptimWrapper``, float16)
-    of the config's detector on a random image with random boxes and masks.
+    of the config's detector on a random image with random boxes and masks
+    (``amp=False``: plain float32 steps, e.g. on CPU, where mmengine has no
+    AMP wrapper).
 
     Returns:
         dict: ``losses`` (the last step's total), ``finite``, ``passed``,
@@ -194,7 +196,7 @@ def amp_train_step(config: str, size: Tuple[int, int] = (800, 1344), steps: int 
         import mmdet.models  # noqa: F401
         from mmdet.registry import MODELS
         from mmengine.config import Config
-        from mmengine.optim import AmpOptimWrapper
+        from mmengine.optim import AmpOptimWrapper, OptimWrapper
         from mmengine.registry import init_default_scope
 
         import fec_mm  # noqa: F401  (registers FEC)
@@ -206,17 +208,21 @@ def amp_train_step(config: str, size: Tuple[int, int] = (800, 1344), steps: int 
     torch.manual_seed(0)
     model = MODELS.build(cfg.model).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    wrapper = AmpOptimWrapper(optimizer=optimizer, dtype='float16')
+    wrapper = (AmpOptimWrapper(optimizer=optimizer, dtype='float16') if amp
+               else OptimWrapper(optimizer=optimizer))
     num_classes = cfg.model.roi_head.bbox_head.num_classes
-    torch.cuda.reset_peak_memory_stats()
+    if device == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
     total, finite = float('nan'), True
     for step in range(steps):
         data = _random_detection_batch(size, num_classes, device, seed=step)
         log_vars = model.train_step(data, wrapper)
-        total = float(log_vars['loss'])
-        finite = finite and all(math.isfinite(float(v)) for v in log_vars.values())
+        values = {k: float(torch.as_tensor(v).detach()) for k, v in log_vars.items()}
+        total = values['loss']
+        finite = finite and all(math.isfinite(v) for v in values.values())
     return dict(config=config, size=size, steps=steps, loss=total, finite=finite,
-                passed=finite, peak_mib=torch.cuda.max_memory_allocated() / 2 ** 20,
+                passed=finite, peak_mib=(torch.cuda.max_memory_allocated() / 2 ** 20
+                                         if device == 'cuda' else float('nan')),
                 seconds=time.perf_counter() - start)
 
 
@@ -237,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _backbone_rows(args) -> bool:
+    if not torch.cuda.is_available():
+        raise CheckSkipped('no CUDA device (torch.cuda.is_available() is False)')
     print('Errors: relative L2 vs the float32 reference path; under autocast the '
           "reference path's own (outputs, gradients) error is in the last-but-two column.\n")
     print('| model | input | dtype | outputs: rel. L2 error (tol) | gradients: largest rel. '

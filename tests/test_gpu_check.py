@@ -107,3 +107,12 @@ def test_backbone_parity_compares_outputs_and_gradients(monkeypatch):
     r = gpu_checks.backbone_parity('FEC-Small', 224, 'float32', device='cpu', impl='cpu')
     out_tol, grad_tol = gpu_checks.TOLERANCES['float32']
     assert not r['passed'] and (r['output_error'] > out_tol or r['grad_error'] > grad_tol), r
+
+
+def test_detector_train_step_on_random_data():
+    """The AMP step's data and training step, run here in float32 on CPU
+    (mmengine's AMP wrapper needs a GPU) with the small demo detector."""
+    pytest.importorskip('mmdet', reason='mmdet is not installed')
+    r = gpu_checks.amp_train_step(str(REPO / 'configs/demo/fec_maskrcnn_demo.py'), (128, 160),
+                                  steps=1, device='cpu', amp=False)
+    assert r['passed'] and r['finite'] and r['loss'] > 0, r

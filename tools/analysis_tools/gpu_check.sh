@@ -103,16 +103,17 @@ else
     trap 'rm -rf "$WORK"' EXIT
 fi
 
-report() {  # append a line to the report (not in a dry run)
-    [ "$DRY_RUN" -eq 1 ] || printf '%s\n' "$*" >> "$OUT"
+report() {  # append lines (one per argument) to the report (not in a dry run)
+    [ "$DRY_RUN" -eq 1 ] || printf '%s\n' "$@" >> "$OUT"
 }
 
-# run_step NAME LIMIT SKIP_RC CMD...: run CMD with a time limit (its own LIMIT
-# and what is left of the budget), log its command, output and status.
-# SKIP_RC: the exit status that means "could not run here" (0: none).
+# run_step NAME LIMIT SKIP_RC REQUIRE CMD...: run CMD with a time limit (its
+# own LIMIT and what is left of the budget), log its command, output and
+# status. SKIP_RC: the exit status that means "could not run here" (0: none).
+# REQUIRE: an extended regex the output must match for a pass ('': none).
 run_step() {
-    local name=$1 limit=$2 skip_rc=$3
-    shift 3
+    local name=$1 limit=$2 skip_rc=$3 require=$4
+    shift 4
     local cmd
     cmd=$(printf '%q ' "$@")
     if [ "$DRY_RUN" -eq 1 ]; then
@@ -146,7 +147,10 @@ run_step() {
         fi
     fi
     report '```' ""
-    if [ "$rc" -eq 0 ]; then
+    if [ "$rc" -eq 0 ] && [ -n "$require" ] && ! grep -Eq "$require" "$WORK/step.log"; then
+        report "**FAILED** (${took} s): exit status 0, but the output lacks /$require/." ""
+        FAILED+=("$name (output lacks /$require/)")
+    elif [ "$rc" -eq 0 ]; then
         report "**passed** (${took} s)." ""
     elif [ "$skip_rc" -ne 0 ] && [ "$rc" -eq "$skip_rc" ]; then
         report "**skipped** (${took} s): see the output above for why." ""
@@ -240,29 +244,29 @@ if [ "$DRY_RUN" -eq 0 ] && ! py_ok 'import pytest'; then
     FAILED+=("Triton kernel tests (no pytest)")
 else
     [ "$HAVE_MODELS" -eq 1 ] || report "(the tiny-backbone test is left out: fec_mm.models does not import without mmengine and mmcv)" ""
-    run_step "Triton kernel tests (CUDA; float32, float16, bfloat16)" 100 0 \
+    run_step "Triton kernel tests (CUDA; float32, float16, bfloat16)" 100 0 ' passed' \
         "$PY" -m pytest -v -p no:cacheprovider tests/test_ops_triton.py -k "$SELECT"
 fi
 
 # --- 2. backbones: triton vs reference -------------------------------------
-run_step "Backbones, triton vs reference (forward and backward)" 90 2 \
+run_step "Backbones, triton vs reference (forward and backward)" 90 2 '' \
     "$PY" -m fec_mm.gpu_checks backbone --models FEC-Small CoC-Small --sizes 224 512 \
     --dtypes float32 float16 bfloat16
 
 # --- 3. AMP training step of Mask R-CNN -------------------------------------
-run_step "AMP training step, Mask R-CNN (configs/fec_maskrcnn.py, random data)" 70 2 \
+run_step "AMP training step, Mask R-CNN (configs/fec_maskrcnn.py, random data)" 70 2 '' \
     "$PY" -m fec_mm.gpu_checks amp-maskrcnn --config configs/fec_maskrcnn.py
 
 # --- 4. benchmarks --------------------------------------------------------
 if [ "$HAVE_MODELS" -eq 1 ]; then
-    run_step "benchmark_ops.py --device cuda" 90 0 \
+    run_step "benchmark_ops.py --device cuda" 90 0 '' \
         "$PY" tools/analysis_tools/benchmark_ops.py --device cuda --settings cls seg det \
         --repeat 5 --backbone-repeat 3 --timeout 60
-    run_step "benchmark_backbones.py --device cuda" 110 0 \
+    run_step "benchmark_backbones.py --device cuda" 110 0 '' \
         "$PY" tools/analysis_tools/benchmark_backbones.py --device cuda \
         --models FEC-Small FEC-Base --sizes 224 512 800x1344 --sweep --timeout 60
 else
-    run_step "benchmark_ops.py --device cuda (ops only: no fec_mm.models here)" 90 0 \
+    run_step "benchmark_ops.py --device cuda (ops only: no fec_mm.models here)" 90 0 '' \
         "$PY" tools/analysis_tools/benchmark_ops.py --device cuda --settings cls seg det \
         --repeat 5 --timeout 60 --skip-backbone
     report "## benchmark_backbones.py --device cuda" "" "**skipped**: it needs fec_mm.models (mmengine, mmcv); give their wheels with --wheels." ""
