@@ -9,6 +9,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -60,16 +61,17 @@ def assert_standard(proto) -> None:
 @pytest.fixture(scope='module')
 def backbone_export():
     """FEC-Small (segmentation centers: 10 per side, non-divisible grids),
-    exported once with dynamic batch and H, W, with the assignments as outputs."""
+    exported once with dynamic batch and H, W, with the assignments and the
+    layers' points and centers as outputs (as --verify exports it)."""
     torch.manual_seed(0)
     backbone = FEC('small', num_centers=(10, 10, 5, 5)).eval()
-    wrapped = WithAssignments(backbone)
+    wrapped = WithAssignments(backbone, with_inputs=True)
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         outs = wrapped(x)
     proto = export_onnx(wrapped, x, dynamic_batch=True, dynamic_shape=True,
                         divisor=backbone.size_divisor)
-    return wrapped, proto, len(outs) - len(wrapped.names), list(wrapped.names)
+    return wrapped, proto, len(outs) - 3 * len(wrapped.names), list(wrapped.names)
 
 
 @pytest.mark.parametrize('shape', [(2, 224, 224), (2, 256, 384), (1, 224, 224)])
@@ -81,6 +83,55 @@ def test_backbone_parity(backbone_export, shape):
     report = check_parity(session, wrapped, x, num_features, names)
     assert_parity(report)
     assert not report.layers_differing, report.summary()
+
+
+def test_backbone_near_tie_passes_verify(backbone_export):
+    """A real float32 near tie: in image 3 of the seed-33 batch, a token of the
+    first cluster pooling has two centers whose float64 cosines are ~1e-7
+    apart. Where ONNX Runtime's float32 MatMul picks the other center (it does
+    on this repository's AVX512 EPYC; another CPU's kernels may round the
+    other way), the change spreads over that image (about 2 % of all elements
+    beyond 1e-4, which today's rule refused): the report counts the near tie,
+    accepts the changes that follow it in that image only, and still requires
+    the elementwise share in the other images."""
+    from fec_mm.deployment.parity import TIE, classify_differences, compare, run_session
+    wrapped, proto, num_features, names = backbone_export
+    x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(33))
+    # The near tie exists in PyTorch's own float32 inputs of the first pooling
+    # (independent of ONNX Runtime): its top two cosines, rescored in float64.
+    with torch.no_grad():
+        outs = wrapped(x)
+    pool = names.index('cluster_poolings.0')
+    points = outs[num_features + len(names) + 2 * pool].numpy()
+    centers = outs[num_features + len(names) + 2 * pool + 1].numpy()
+    top2 = torch.from_numpy(np.einsum('rnd,rmd->rnm', _normalised(points),
+                                      _normalised(centers))).topk(2, dim=-1)
+    gaps = top2.values[..., 0] - top2.values[..., 1]
+    r, n = np.unravel_index(int(gaps.argmin()), tuple(gaps.shape))
+    first, second = top2.indices[r, n].tolist()
+    tied = classify_differences(points[r:r + 1, n:n + 1], centers[r:r + 1],
+                                np.array([[first]]), np.array([[second]]))
+    assert tied.kind.tolist() == [TIE] and float(gaps.min()) < 1e-6 < tied.bound[0]
+
+    session = onnxruntime_session(proto.SerializeToString())
+    report = check_parity(session, wrapped, x, num_features, names)
+    assert report.passed and report.errors == 0, report.summary()
+    if not report.layers_differing:  # this CPU's float32 rounding agreed with PyTorch's
+        assert report.within_atol >= MIN_SHARE, report.summary()
+        return
+    assert report.near_ties >= 1 and report.tied_images == [3], report.summary()
+    assert report.within_atol_untied >= MIN_SHARE, report.summary()
+    assert 'float32 near ties' in report.summary()
+    if report.within_atol < MIN_SHARE:  # today's rule (no rescoring) refuses it
+        ort = run_session(session, x)[:num_features + len(names)]
+        old = compare(ort, outs[:num_features + len(names)], num_features, names,
+                      tuple(x.shape))
+        assert not old.classified and not old.passed
+
+
+def _normalised(a):
+    a = a.astype(np.float64)
+    return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
 
 
 def test_backbone_graph_has_only_standard_ops(backbone_export):

@@ -184,16 +184,26 @@ class WithAssignments(nn.Module):
 
     Exported for verification: ONNX Runtime's assignments can then be
     compared with PyTorch's, index by index. ``names`` lists the layers.
+    With ``with_inputs``, each layer's points and centers (the inputs of its
+    argmax) follow the indices, two outputs per layer in the same order, so
+    that a differing assignment can be rescored in float64 from what each
+    runtime's layer saw (:func:`fec_mm.deployment.parity.compare`);
+    ``layouts`` then holds each layer's ``(layout, centers_hw)``.
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, with_inputs: bool = False) -> None:
         super().__init__()
         self.module = module
+        self.with_inputs = with_inputs
         self.names: List[str] = []
+        self.layouts: List[Tuple[tuple, tuple]] = []
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        with record_assignments(self.module, AssignmentRecorder()) as rec:
+        recorder = AssignmentRecorder(keep_inputs=self.with_inputs)
+        with record_assignments(self.module, recorder) as rec:
             out = self.module(x)
         self.names = [r.name for r in rec.records]
+        self.layouts = [(r.layout, r.centers_hw) for r in rec.records]
         outs = (out,) if isinstance(out, Tensor) else tuple(out)
-        return (*outs, *(r.index for r in rec.records))
+        inputs = [t for r in rec.records for t in (r.points, r.centers)] if self.with_inputs else []
+        return (*outs, *(r.index for r in rec.records), *inputs)

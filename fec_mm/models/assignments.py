@@ -44,6 +44,14 @@ class AssignmentRecord:
         center_grid (tuple[int, int]): (rows, cols) of the center grid;
             ids are ``row * cols + col``.
         fold (int): Regions per side.
+        layout (tuple): (B, heads, d, fold, h, w) of the op's points
+            (:func:`~fec_mm.models.region_partition.map_to_points`).
+        centers_hw (tuple[int, int]): (mh, mw) centers per region.
+        points (Tensor, optional): (B·heads·fold², h·w, d), the clustering
+            features the op assigned, as it saw them (only with
+            ``AssignmentRecorder(keep_inputs=True)``).
+        centers (Tensor, optional): (B·heads·fold², mh·mw, d), its centers
+            (idem).
     """
     name: str
     kind: str
@@ -51,6 +59,10 @@ class AssignmentRecord:
     cos: Tensor
     center_grid: Tuple[int, int]
     fold: int
+    layout: Optional[Tuple[int, ...]] = None
+    centers_hw: Optional[Tuple[int, int]] = None
+    points: Optional[Tensor] = None
+    centers: Optional[Tensor] = None
 
     @property
     def num_centers(self) -> int:
@@ -99,20 +111,31 @@ class AssignmentRecorder:
 
     ``records`` keeps every call in order; ``by_name`` the last call of each
     layer. Call :meth:`clear` between forward passes to keep only one.
+
+    Args:
+        keep_inputs (bool): Also keep each op's points and centers (the
+            inputs of its argmax; what ``--verify`` rescores near-ties
+            with). Default False.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keep_inputs: bool = False) -> None:
         self.records: List[AssignmentRecord] = []
+        self.keep_inputs = keep_inputs
         self._names: Dict[int, str] = {}
 
     def __call__(self, module: nn.Module, kind: str, index: Tensor, cos: Tensor,
-                 layout: Tuple[int, ...], centers_hw: Tuple[int, int]) -> None:
+                 layout: Tuple[int, ...], centers_hw: Tuple[int, int],
+                 points: Optional[Tensor] = None, centers: Optional[Tensor] = None) -> None:
         fold = layout[3]
+        keep = self.keep_inputs and points is not None and centers is not None
         self.records.append(AssignmentRecord(
             name=self._names.get(id(module), type(module).__name__), kind=kind,
             index=regional_to_global(index.detach(), layout, centers_hw),
             cos=regional_to_map(cos.detach(), layout),
-            center_grid=(fold * centers_hw[0], fold * centers_hw[1]), fold=fold))
+            center_grid=(fold * centers_hw[0], fold * centers_hw[1]), fold=fold,
+            layout=tuple(layout), centers_hw=tuple(centers_hw),
+            points=points.detach() if keep else None,
+            centers=centers.detach() if keep else None))
 
     @property
     def by_name(self) -> Dict[str, AssignmentRecord]:

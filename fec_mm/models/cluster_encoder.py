@@ -97,5 +97,6 @@ class ClusterEncoder(nn.Module):
                                              self.sim_alpha, self.sim_beta,
                                              impl=self.ops_impl, return_assignment=True,
                                              aggregation=self.aggregation)
-            self.recorder(self, 'encode', index, cos, layout, size)
+            self.recorder(self, 'encode', index, cos, layout, size, points=points,
+                          centers=centers)
         return points_to_map(out, layout)

@@ -62,5 +62,6 @@ class ClusterPooling(nn.Module):
         else:
             pooled, index, cos = cluster_pool(points, values, centers, value_centers,
                                               impl=self.ops_impl, return_assignment=True)
-            self.recorder(self, 'pool', index, cos, layout, (h // 2, w // 2))
+            self.recorder(self, 'pool', index, cos, layout, (h // 2, w // 2),
+                          points=points, centers=centers)
         return points_to_map(pooled, (B, 1, d, fold, h // 2, w // 2))
