@@ -28,4 +28,4 @@ docs: setup
 
 test: EXTRAS = tools,browser
 test: lint docs
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
