@@ -98,6 +98,10 @@ class ClusterEncoder(nn.Module):
         else:
             points, layout = map_to_points(self.f(x), self.heads, self.fold)
             values, _ = map_to_points(self.v(x), self.heads, self.fold)
+            if self.ops_impl != 'reference':
+                # the fused ops need contiguous points: copied once here, not
+                # in their forward and again in their backward
+                points, values = points.contiguous(), values.contiguous()
         _, _, d, _, h, w = layout
         size = (self.num_centers, self.num_centers)
         centers = center_pool(
