@@ -98,16 +98,17 @@ class ClusterEncoder(nn.Module):
         else:
             points, layout = map_to_points(self.f(x), self.heads, self.fold)
             values, _ = map_to_points(self.v(x), self.heads, self.fold)
-            if self.ops_impl != 'reference':
-                # the fused ops need contiguous points: copied once here, not
-                # in their forward and again in their backward
-                points, values = points.contiguous(), values.contiguous()
         _, _, d, _, h, w = layout
         size = (self.num_centers, self.num_centers)
         centers = center_pool(
             points.reshape(-1, h, w, d).permute(0, 3, 1, 2), size).flatten(2).transpose(1, 2)
         value_centers = center_pool(
             values.reshape(-1, h, w, d).permute(0, 3, 1, 2), size).flatten(2).transpose(1, 2)
+        if not matmuls and self.ops_impl != 'reference':
+            # the fused ops need contiguous points: copied once here, not in
+            # their forward and again in their backward (after the pooling,
+            # which then sees the layout, and gives the values, it always had)
+            points, values = points.contiguous(), values.contiguous()
         if self.recorder is None:
             out = cluster_encode(points, values, centers, value_centers,
                                  self.sim_alpha, self.sim_beta, impl=self.ops_impl,

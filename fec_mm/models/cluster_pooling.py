@@ -64,12 +64,12 @@ class ClusterPooling(nn.Module):
             with torch.no_grad():
                 points, layout = map_to_points(self.conv_f(x), 1, self.fold)
             values, _ = map_to_points(self.conv_v(x), 1, self.fold)
-            if self.ops_impl != 'reference':
-                # copied once here, not in the fused op's forward and backward
-                points, values = points.contiguous(), values.contiguous()
         B, _, d, fold, h, w = layout
         centers = F.avg_pool2d(points.reshape(-1, h, w, d).permute(0, 3, 1, 2), 2)
         value_centers = F.avg_pool2d(values.reshape(-1, h, w, d).permute(0, 3, 1, 2), 2)
+        if not matmuls and self.ops_impl != 'reference':
+            # copied once here, not in the fused op's forward and backward
+            points, values = points.contiguous(), values.contiguous()
         centers = centers.flatten(2).transpose(1, 2)
         value_centers = value_centers.flatten(2).transpose(1, 2)
         if self.recorder is None:
