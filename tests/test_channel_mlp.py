@@ -132,3 +132,20 @@ def test_autocast_runs_in_the_autocast_dtype(small_blocks):
     for g, r, t in zip(grads, ref_grads, inputs):
         assert g.dtype == t.dtype == torch.float32
         torch.testing.assert_close(g, r, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize('infer_hidden', [1 << 20, 40])
+def test_inference_runs_without_the_function(monkeypatch, infer_hidden):
+    # 40 hidden values: blocks of CPU_BLOCK=7 pixels, a ragged last one
+    monkeypatch.setattr(mlp_module, 'CPU_BLOCK', 7)
+    monkeypatch.setattr(mlp_module, 'INFER_HIDDEN', infer_hidden)
+    inputs = _inputs(2, 6, 5, 9, 24, 6, torch.float32)
+    ref = channel_mlp(*inputs, impl='reference')
+    with torch.no_grad():
+        out = channel_mlp(*inputs)
+    assert out.grad_fn is None
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    # frozen weights and an input without grad: nothing recorded either
+    frozen = [t.detach() for t in inputs]
+    assert channel_mlp(*frozen).grad_fn is None
+    torch.testing.assert_close(channel_mlp(*frozen), ref, rtol=1e-5, atol=1e-5)

@@ -1,6 +1,6 @@
 """Clustering-based feature encoding, the token mixer of FEC (docs/notes/design.md §2) and of
 Context Clusters (docs/notes/design.md §7)."""
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..ops import center_pool, cluster_encode
 from .hooks import refuse_hooks
+from .pointwise import conv1x1_to_points, matmul_path, points_to_conv1x1
 from .region_partition import map_to_points, points_to_map
 
 
@@ -76,18 +77,38 @@ class ClusterEncoder(nn.Module):
         weight, bias = self.proj.weight, self.proj.bias
         if scale is not None:
             weight, bias = weight * scale[:, None, None, None], bias * scale
+        if self.ops_impl != 'reference' and matmul_path((x, scale), self, self.f, self.v):
+            # CPU inference: the 1×1 convolutions as products on the points
+            # (fec_mm.models.pointwise); the reference runs the plain layers.
+            return points_to_conv1x1(*self._cluster_points(x, matmuls=True), weight, bias)
         return F.conv2d(in_fp32(self._cluster, x, self.fp32_assignments), weight, bias)
 
     def _cluster(self, x: Tensor) -> Tensor:
         """Mixer steps 1-7 (docs/notes/design.md §2): (B, C, H, W) -> (B, h·d, H, W)."""
-        points, layout = map_to_points(self.f(x), self.heads, self.fold)
-        values, _ = map_to_points(self.v(x), self.heads, self.fold)
+        return points_to_map(*self._cluster_points(x))
+
+    def _cluster_points(self, x: Tensor, matmuls: bool = False) -> Tuple[Tensor, Tuple[int, ...]]:
+        """Mixer steps 1-7 on (B, C, H, W): the output points (B·h·fold², N, d)
+        and their layout (:func:`~fec_mm.models.region_partition.map_to_points`);
+        with ``matmuls``, f and v as products (:func:`conv1x1_to_points`)."""
+        if matmuls:
+            points, layout = conv1x1_to_points(x, self.f.weight, self.f.bias, self.heads,
+                                               self.fold)
+            values, _ = conv1x1_to_points(x, self.v.weight, self.v.bias, self.heads, self.fold)
+        else:
+            points, layout = map_to_points(self.f(x), self.heads, self.fold)
+            values, _ = map_to_points(self.v(x), self.heads, self.fold)
         _, _, d, _, h, w = layout
         size = (self.num_centers, self.num_centers)
         centers = center_pool(
-            points.transpose(1, 2).reshape(-1, d, h, w), size).flatten(2).transpose(1, 2)
+            points.reshape(-1, h, w, d).permute(0, 3, 1, 2), size).flatten(2).transpose(1, 2)
         value_centers = center_pool(
-            values.transpose(1, 2).reshape(-1, d, h, w), size).flatten(2).transpose(1, 2)
+            values.reshape(-1, h, w, d).permute(0, 3, 1, 2), size).flatten(2).transpose(1, 2)
+        if not matmuls and self.ops_impl != 'reference':
+            # the fused ops need contiguous points: copied once here, not in
+            # their forward and again in their backward (after the pooling,
+            # which then sees the layout, and gives the values, it always had)
+            points, values = points.contiguous(), values.contiguous()
         if self.recorder is None:
             out = cluster_encode(points, values, centers, value_centers,
                                  self.sim_alpha, self.sim_beta, impl=self.ops_impl,
@@ -99,4 +120,4 @@ class ClusterEncoder(nn.Module):
                                              aggregation=self.aggregation)
             self.recorder(self, 'encode', index, cos, layout, size, points=points,
                           centers=centers)
-        return points_to_map(out, layout)
+        return out, layout

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from ..ops import cluster_pool
 from .cluster_encoder import in_fp32
+from .pointwise import conv1x1_to_points, matmul_path
 from .region_partition import map_to_points, points_to_map
 
 
@@ -44,17 +45,31 @@ class ClusterPooling(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_k, H, W) -> (B, C_{k+1}, H/2, W/2); H, W divisible by 2·fold."""
-        pooled = in_fp32(self._cluster, x, self.fp32_assignments)
+        if self.ops_impl != 'reference' and matmul_path((x,), self, self.conv_f, self.conv_v):
+            # CPU inference: conv_f and conv_v as products straight into the
+            # points (fec_mm.models.pointwise); the reference runs the layers.
+            pooled = self._cluster(x, matmuls=True)
+        else:
+            pooled = in_fp32(self._cluster, x, self.fp32_assignments)
         return self.conv_skip(x) + self.norm(pooled)
 
-    def _cluster(self, x: Tensor) -> Tensor:
-        """The clustered half of the pooling: (B, C_k, H, W) -> (B, C_{k+1}, H/2, W/2)."""
-        with torch.no_grad():
-            points, layout = map_to_points(self.conv_f(x), 1, self.fold)
-        values, _ = map_to_points(self.conv_v(x), 1, self.fold)
+    def _cluster(self, x: Tensor, matmuls: bool = False) -> Tensor:
+        """The clustered half of the pooling: (B, C_k, H, W) -> (B, C_{k+1}, H/2, W/2);
+        with ``matmuls``, conv_f and conv_v as products (:func:`conv1x1_to_points`)."""
+        if matmuls:
+            points, layout = conv1x1_to_points(x, self.conv_f.weight, self.conv_f.bias, 1,
+                                               self.fold)
+            values, _ = conv1x1_to_points(x, self.conv_v.weight, self.conv_v.bias, 1, self.fold)
+        else:
+            with torch.no_grad():
+                points, layout = map_to_points(self.conv_f(x), 1, self.fold)
+            values, _ = map_to_points(self.conv_v(x), 1, self.fold)
         B, _, d, fold, h, w = layout
-        centers = F.avg_pool2d(points.transpose(1, 2).reshape(-1, d, h, w), 2)
-        value_centers = F.avg_pool2d(values.transpose(1, 2).reshape(-1, d, h, w), 2)
+        centers = F.avg_pool2d(points.reshape(-1, h, w, d).permute(0, 3, 1, 2), 2)
+        value_centers = F.avg_pool2d(values.reshape(-1, h, w, d).permute(0, 3, 1, 2), 2)
+        if not matmuls and self.ops_impl != 'reference':
+            # copied once here, not in the fused op's forward and backward
+            points, values = points.contiguous(), values.contiguous()
         centers = centers.flatten(2).transpose(1, 2)
         value_centers = value_centers.flatten(2).transpose(1, 2)
         if self.recorder is None:

@@ -12,6 +12,9 @@ pre-activation and the hidden activation, ``(1 + 2·ratio)·C`` values per pixel
   for one block at a time and stay in cache, and saves only its input for
   backward, where each block's hidden activations are recomputed (one extra
   ``fc1`` product, ~1/2 of a forward's FLOPs of the MLP). No permuted copies.
+  When no gradient is recorded (inference), the same products run without
+  the autograd Function, in blocks of up to ``INFER_HIDDEN`` hidden values
+  (a whole 224² image at once).
 
 The GELU is the exact (erf) one, as ``nn.GELU()``.
 """
@@ -25,6 +28,10 @@ IMPLS = ('auto', 'reference', 'chunked')
 # Pixels per block on CPU: the block's (hidden, pixels) matrices stay in the
 # core's cache. On GPUs one block is the whole image (recomputation only).
 CPU_BLOCK = 1024
+# Without autograd (inference), hidden values per block: larger blocks, fewer
+# calls; a whole 224² image is one block, and at larger sizes the hidden block
+# stays at 4 MiB (float32), so the inference peak does not grow with the image.
+INFER_HIDDEN = 1 << 20
 
 
 def channel_mlp_reference(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
@@ -33,9 +40,23 @@ def channel_mlp_reference(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Ten
     return F.linear(h, w2, b2).permute(0, 3, 1, 2)
 
 
-def _blocks(n: int, device: torch.device):
-    step = CPU_BLOCK if device.type == 'cpu' else n
+def _blocks(n: int, device: torch.device, step: int = CPU_BLOCK):
+    step = step if device.type == 'cpu' else n
     return [(s, min(s + step, n)) for s in range(0, n, step)]
+
+
+def _forward(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
+             step: int = CPU_BLOCK) -> Tensor:
+    """The MLP in blocks of ``step`` pixels, nothing saved: (B, C, H, W) -> (B, C_out, H, W)."""
+    B, C, H, W = x.shape
+    xs = x.reshape(B, C, H * W)
+    out = x.new_empty(B, w2.shape[0], H * W)
+    for b in range(B):
+        for s, e in _blocks(H * W, x.device, step):
+            # the pre-activation is not kept: GELU in place
+            hidden = torch.ops.aten.gelu_(torch.addmm(b1[:, None], w1, xs[b, :, s:e]))
+            torch.addmm(b2[:, None], w2, hidden, out=out[b, :, s:e])
+    return out.view(B, -1, H, W)
 
 
 class _ChunkedMlp(torch.autograd.Function):
@@ -44,15 +65,8 @@ class _ChunkedMlp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
-        B, C, H, W = x.shape
-        xs = x.reshape(B, C, H * W)
-        out = x.new_empty(B, w2.shape[0], H * W)
-        for b in range(B):
-            for s, e in _blocks(H * W, x.device):
-                hidden = F.gelu(torch.addmm(b1[:, None], w1, xs[b, :, s:e]))
-                torch.addmm(b2[:, None], w2, hidden, out=out[b, :, s:e])
         ctx.save_for_backward(x, w1, b1, w2)
-        return out.view(B, -1, H, W)
+        return _forward(x, w1, b1, w2, b2)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
@@ -119,4 +133,8 @@ def channel_mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
     # stay outside the Function, so autograd returns gradients in each dtype.
     dtype = _compute_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
-        return _ChunkedMlp.apply(*(t.to(dtype) for t in (x.contiguous(), w1, b1, w2, b2)))
+        inputs = tuple(t.to(dtype) for t in (x.contiguous(), w1, b1, w2, b2))
+        if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+            return _ChunkedMlp.apply(*inputs)
+        # Nothing to save (inference): no autograd Function, larger blocks.
+        return _forward(*inputs, step=max(CPU_BLOCK, INFER_HIDDEN // w1.shape[0]))
