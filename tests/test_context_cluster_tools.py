@@ -9,7 +9,7 @@ from demo_config_helpers import (
     load_demo_config,
     one_torch_thread,  # noqa: F401  (autouse fixture)
 )
-from mmengine.runner import Runner
+from mmengine.runner import Runner, set_random_seed
 
 from fec_mm.datasets import make_demo_data
 from fec_mm.models import ContextCluster
@@ -28,15 +28,17 @@ def test_coc_demo_configs_train_and_the_loss_falls(name, demo_root, tmp_path):
     first training batch: the loss falls and the backbone's weights move."""
     cfg = load_demo_config(CONFIG_DIR / 'demo' / name, demo_root)
     cfg.work_dir = str(tmp_path)
+    # Without a seed the Runner draws one: the batch's random flips (numpy)
+    # and the RPN and RoI samplers (torch) would differ from run to run.
+    cfg.randomness = dict(seed=0)
     runner = Runner.from_cfg(cfg)
     model = runner.model
     assert isinstance(model.backbone, ContextCluster)
     optim_wrapper = runner.build_optim_wrapper(cfg.optim_wrapper)
-    torch.manual_seed(0)
-    batch = next(iter(runner.build_dataloader(cfg.train_dataloader)))
+    batch = next(iter(runner.build_dataloader(cfg.train_dataloader, seed=0)))
     before = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
     model.train()
-    torch.manual_seed(0)  # the RPN and RoI samplers draw from torch's generator
+    set_random_seed(0)
     losses = []
     for _ in range(8):
         log_vars = model.train_step(batch, optim_wrapper)
