@@ -7,11 +7,11 @@ import re
 from typing import Optional, Sequence
 
 from mmengine.config import Config
-from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 from ..checkpoints import load_checkpoint_file, state_dict_of
 from ..models.families import backbones_of, convert_authors_whole_model, describe_archs
+from ..models.unwrap import unwrap_model
 from ..models.whole_model import check_whole_model, missing_parts
 from .cli import (
     add_common_args,
@@ -88,7 +88,7 @@ def check_checkpoint_fits(runner: Runner, filename: str, allow_other_shapes: boo
     checkpoint = load_checkpoint_file(filename, map_location='cpu')
     state_dict = {re.sub(r'^module\.', '', k): v for k, v in state_dict_of(checkpoint).items()}
     state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    model = unwrap_model(runner.model)
     ours = bool(backbones_of(model))
     if ours:  # as the load will see it: the other family refused, the authors' files converted
         state_dict, _, _ = convert_authors_whole_model(model, state_dict, filename)

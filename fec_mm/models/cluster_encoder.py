@@ -9,8 +9,8 @@ from torch import Tensor
 
 from ..ops import center_pool, cluster_encode
 from .hooks import refuse_hooks
-from .pointwise import conv1x1_to_points, matmul_path, points_to_conv1x1
-from .region_partition import map_to_points, points_to_map
+from .pointwise import conv_to_points, matmul_path, points_to_conv1x1
+from .region_partition import points_to_map
 
 
 def in_fp32(fn: Callable[[Tensor], Tensor], x: Tensor, enabled: bool) -> Tensor:
@@ -90,14 +90,9 @@ class ClusterEncoder(nn.Module):
     def _cluster_points(self, x: Tensor, matmuls: bool = False) -> Tuple[Tensor, Tuple[int, ...]]:
         """Mixer steps 1-7 on (B, C, H, W): the output points (B·h·fold², N, d)
         and their layout (:func:`~fec_mm.models.region_partition.map_to_points`);
-        with ``matmuls``, f and v as products (:func:`conv1x1_to_points`)."""
-        if matmuls:
-            points, layout = conv1x1_to_points(x, self.f.weight, self.f.bias, self.heads,
-                                               self.fold)
-            values, _ = conv1x1_to_points(x, self.v.weight, self.v.bias, self.heads, self.fold)
-        else:
-            points, layout = map_to_points(self.f(x), self.heads, self.fold)
-            values, _ = map_to_points(self.v(x), self.heads, self.fold)
+        with ``matmuls``, f and v as products (:func:`conv_to_points`)."""
+        points, layout = conv_to_points(x, self.f, self.heads, self.fold, matmuls)
+        values, _ = conv_to_points(x, self.v, self.heads, self.fold, matmuls)
         _, _, d, _, h, w = layout
         size = (self.num_centers, self.num_centers)
         centers = center_pool(

@@ -7,8 +7,8 @@ from torch import Tensor
 
 from ..ops import cluster_pool
 from .cluster_encoder import in_fp32
-from .pointwise import conv1x1_to_points, matmul_path
-from .region_partition import map_to_points, points_to_map
+from .pointwise import conv_to_points, matmul_path
+from .region_partition import points_to_map
 
 
 class ClusterPooling(nn.Module):
@@ -55,15 +55,10 @@ class ClusterPooling(nn.Module):
 
     def _cluster(self, x: Tensor, matmuls: bool = False) -> Tensor:
         """The clustered half of the pooling: (B, C_k, H, W) -> (B, C_{k+1}, H/2, W/2);
-        with ``matmuls``, conv_f and conv_v as products (:func:`conv1x1_to_points`)."""
-        if matmuls:
-            points, layout = conv1x1_to_points(x, self.conv_f.weight, self.conv_f.bias, 1,
-                                               self.fold)
-            values, _ = conv1x1_to_points(x, self.conv_v.weight, self.conv_v.bias, 1, self.fold)
-        else:
-            with torch.no_grad():
-                points, layout = map_to_points(self.conv_f(x), 1, self.fold)
-            values, _ = map_to_points(self.conv_v(x), 1, self.fold)
+        with ``matmuls``, conv_f and conv_v as products (:func:`conv_to_points`)."""
+        with torch.no_grad():
+            points, layout = conv_to_points(x, self.conv_f, 1, self.fold, matmuls)
+        values, _ = conv_to_points(x, self.conv_v, 1, self.fold, matmuls)
         B, _, d, fold, h, w = layout
         centers = F.avg_pool2d(points.reshape(-1, h, w, d).permute(0, 3, 1, 2), 2)
         value_centers = F.avg_pool2d(values.reshape(-1, h, w, d).permute(0, 3, 1, 2), 2)

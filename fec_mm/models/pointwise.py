@@ -17,6 +17,7 @@ import torch.nn.modules.module as nn_module
 from torch import Tensor
 
 from ..ops.export import is_exporting
+from .region_partition import map_to_points
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -78,6 +79,15 @@ def conv1x1_to_points(x: Tensor, weight: Tensor, bias: Tensor, heads: int,
     # A view for fold 1; for folds, one copy into the regions' order.
     points = out.view(B, heads, fold, h, fold, w, d).permute(0, 1, 2, 4, 3, 5, 6)
     return points.reshape(B * heads * fold * fold, h * w, d), (B, heads, d, fold, h, w)
+
+
+def conv_to_points(x: Tensor, conv: nn.Conv2d, heads: int, fold: int,
+                   matmuls: bool) -> Tuple[Tensor, Tuple[int, ...]]:
+    """``map_to_points(conv(x), heads, fold)``; with ``matmuls`` (a call for
+    which :func:`matmul_path` holds), computed by :func:`conv1x1_to_points`."""
+    if matmuls:
+        return conv1x1_to_points(x, conv.weight, conv.bias, heads, fold)
+    return map_to_points(conv(x), heads, fold)
 
 
 @torch.no_grad()

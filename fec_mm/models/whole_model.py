@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ..checkpoints.safe_load import last_read_file
 from .families import backbones_of, check_backbones_fit, convert_authors_whole_model
+from .unwrap import unwrap_model
 
 _state = threading.local()
 
@@ -129,14 +130,10 @@ def fec_load_state_dict(original: Callable) -> Callable:
     FEC or ContextCluster backbone."""
 
     def load_state_dict(module, state_dict, strict=False, logger=None):
-        from mmengine.model import BaseTTAModel, is_model_wrapper
-
         # Unwrapped as mmengine's load_state_dict unwraps: DDP and the other
         # wrappers, and TTA models (DetTTAModel, SegTTAModel), whose
         # ``module`` takes the file's keys.
-        model = module
-        while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
-            model = model.module
+        model = unwrap_model(module)
         if not fec_prefixes(model):
             return original(module, state_dict, strict, logger)
         source = _describe_source()
